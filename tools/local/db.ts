@@ -6,7 +6,7 @@
  */
 import postgres from "npm:postgres@3.4.9";
 import { PGlite } from "npm:@electric-sql/pglite@0.5.16";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 /** A row as the driver returns it. */
@@ -45,7 +45,8 @@ export function isPgError(error: unknown): error is PgError {
 export function connectPostgres(url: string, max = 10): Database {
   const sql = postgres(url, { max, onnotice: () => {}, connection: { application_name: "local-stack" } });
   const queryable = (q: typeof sql): Queryable => ({
-    query: <T>(text: string, params: unknown[] = []) => q.unsafe(text, params as never[]) as unknown as Promise<T[]>,
+    query: <T>(text: string, params: unknown[] = []) =>
+      q.unsafe(text, params as never[]) as unknown as Promise<T[]>,
   });
   return {
     kind: "postgres",
@@ -66,7 +67,9 @@ export async function openPglite(): Promise<Database> {
     kind: "pglite",
     query: async <T>(text: string, params?: unknown[]) => (await db.query<T>(text, params)).rows,
     transaction: <T>(fn: (tx: Queryable) => Promise<T>) =>
-      db.transaction((tx) => fn({ query: async <R>(text: string, params?: unknown[]) => (await tx.query<R>(text, params)).rows })),
+      db.transaction((tx) =>
+        fn({ query: async <R>(text: string, params?: unknown[]) => (await tx.query<R>(text, params)).rows })
+      ),
     exec: async (script) => {
       await db.exec(script);
     },
@@ -84,13 +87,13 @@ export const PROJECT_DIR = fileURLToPath(new URL("../../", import.meta.url));
  */
 export async function prepareDatabase(
   db: Database,
-  options: { databaseUrl?: string; projectDir?: string } = {},
+  options: { databaseUrl?: string; supabaseDir?: string } = {},
 ): Promise<void> {
-  const projectDir = options.projectDir ?? PROJECT_DIR;
+  const supabaseDir = options.supabaseDir ?? join(PROJECT_DIR, "supabase");
   await db.exec(await Deno.readTextFile(new URL("./supabase_base.sql", import.meta.url)));
-  if (options.databaseUrl) await migrateWithCli(options.databaseUrl, projectDir);
-  else await migrateFileByFile(db, projectDir);
-  await db.exec(await Deno.readTextFile(join(projectDir, "supabase", "seed.sql")));
+  if (options.databaseUrl) await migrateWithCli(options.databaseUrl, supabaseDir);
+  else await migrateFileByFile(db, supabaseDir);
+  await db.exec(await Deno.readTextFile(join(supabaseDir, "seed.sql")));
 }
 
 /** Adds `sslmode=disable` to a URL for a server on this machine, which speaks no TLS. */
@@ -101,10 +104,11 @@ export function cliDatabaseUrl(url: string): string {
   return parsed.toString();
 }
 
-async function migrateWithCli(databaseUrl: string, projectDir: string): Promise<void> {
-  const cli = join(projectDir, "node_modules", ".bin", "supabase");
+/** Applies the migrations of `supabaseDir` with the project's pinned Supabase CLI. */
+export async function migrateWithCli(databaseUrl: string, supabaseDir: string): Promise<void> {
+  const cli = join(PROJECT_DIR, "node_modules", ".bin", "supabase");
   const { code, stdout, stderr } = await new Deno.Command(cli, {
-    args: ["migration", "up", "--db-url", cliDatabaseUrl(databaseUrl), "--workdir", projectDir],
+    args: ["migration", "up", "--db-url", cliDatabaseUrl(databaseUrl), "--workdir", dirname(supabaseDir)],
     stdout: "piped",
     stderr: "piped",
   }).output();
@@ -114,7 +118,7 @@ async function migrateWithCli(databaseUrl: string, projectDir: string): Promise<
   }
 }
 
-async function migrateFileByFile(db: Database, projectDir: string): Promise<void> {
+async function migrateFileByFile(db: Database, supabaseDir: string): Promise<void> {
   await db.exec(`
     create schema if not exists supabase_migrations;
     create table if not exists supabase_migrations.schema_migrations (
@@ -123,7 +127,7 @@ async function migrateFileByFile(db: Database, projectDir: string): Promise<void
     (await db.query<{ version: string }>("select version from supabase_migrations.schema_migrations"))
       .map((r) => r.version),
   );
-  const dir = join(projectDir, "supabase", "migrations");
+  const dir = join(supabaseDir, "migrations");
   const files = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => /^\d+_.+\.sql$/.test(n)).sort();
   for (const file of files) {
     const [version, name] = [file.slice(0, file.indexOf("_")), file.slice(file.indexOf("_") + 1, -4)];

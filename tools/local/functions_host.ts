@@ -46,23 +46,14 @@ export async function createFunctionsHost(
       .filter((e) => e.isDirectory && !e.name.startsWith("_") && exists(join(dir, e.name, "index.ts")))
       .map((e) => e.name),
   );
-  const handlers = new Map<string, Promise<Handler>>();
-  let loading: Promise<unknown> = Promise.resolve();
-  const load = (name: string) => {
-    if (!handlers.has(name)) {
-      // One module at a time: Deno.serve is swapped while a module evaluates.
-      const next = loading.then(() => loadHandler(join(dir, name, "index.ts")));
-      loading = next.catch(() => {});
-      handlers.set(name, next);
-      next.catch(() => handlers.delete(name));
-    }
-    return handlers.get(name)!;
-  };
+  const load = (name: string) => loadHandler(join(dir, name, "index.ts"));
 
   return async (req, info) => {
     const name = new URL(req.url).pathname.match(/^\/functions\/v1\/([^/]+)/)?.[1];
     if (!name || !names.has(name)) {
-      return Response.json({ code: "NOT_FOUND", message: "Requested function was not found" }, { status: 404 });
+      return Response.json({ code: "NOT_FOUND", message: "Requested function was not found" }, {
+        status: 404,
+      });
     }
     if (req.method !== "OPTIONS" && (config.functions?.[name]?.verify_jwt ?? true)) {
       const token = req.headers.get("authorization")?.match(/^Bearer\s+(\S+)$/i)?.[1];
@@ -78,10 +69,13 @@ export async function createFunctionsHost(
       return await handler(req, info);
     } catch (e) {
       options.onError?.(name, e);
-      return new Response(JSON.stringify({ code: "WORKER_ERROR", message: "Function exited due to an error" }), {
-        status: 500,
-        headers: JSON_HEADERS,
-      });
+      return new Response(
+        JSON.stringify({ code: "WORKER_ERROR", message: "Function exited due to an error" }),
+        {
+          status: 500,
+          headers: JSON_HEADERS,
+        },
+      );
     }
   };
 }
@@ -100,7 +94,23 @@ function exists(path: string): boolean {
 
 type ServeArgs = [Handler] | [Deno.ServeOptions, Handler] | [Deno.ServeOptions & { handler: Handler }];
 
-async function loadHandler(path: string): Promise<Handler> {
+// A module evaluates once per process, so its handler is captured once and kept here for every host.
+const handlers = new Map<string, Promise<Handler>>();
+let loading: Promise<unknown> = Promise.resolve();
+
+function loadHandler(path: string): Promise<Handler> {
+  let handler = handlers.get(path);
+  if (!handler) {
+    // One module at a time: Deno.serve is swapped while a module evaluates.
+    handler = loading.then(() => captureHandler(path));
+    loading = handler.catch(() => {});
+    handlers.set(path, handler);
+    handler.catch(() => handlers.delete(path));
+  }
+  return handler;
+}
+
+async function captureHandler(path: string): Promise<Handler> {
   const denoNs = Deno as unknown as { serve: unknown };
   const original = denoNs.serve;
   let captured: Handler | undefined;
@@ -111,9 +121,11 @@ async function loadHandler(path: string): Promise<Handler> {
   };
   try {
     const mod = await import(new URL(`file://${path}`).href);
-    const fetchExport = (mod.default as { fetch?: Handler } | undefined)?.fetch;
-    const handler = captured ?? fetchExport;
-    if (!handler) throw new Error(`Function module ${path} neither calls Deno.serve nor exports default { fetch }`);
+    const exported = mod.default as { fetch?: Handler } | undefined;
+    const handler = captured ?? exported?.fetch?.bind(exported);
+    if (!handler) {
+      throw new Error(`Function module ${path} neither calls Deno.serve nor exports default { fetch }`);
+    }
     return handler;
   } finally {
     denoNs.serve = original;

@@ -12,13 +12,10 @@ function key(secret: string): Uint8Array {
   return new TextEncoder().encode(secret);
 }
 
-/** Signs `claims` with HS256; `expiresIn` is a jose duration such as `"1h"` or `"10y"`. */
+/** Signs `claims` with HS256; `expiresIn` (a jose duration such as `"1h"`) applies unless `claims.exp` is set. */
 export function signJwt(secret: string, claims: JWTPayload, expiresIn = "1h"): Promise<string> {
-  return new SignJWT(claims)
-    .setProtectedHeader({ alg: "HS256", typ: "JWT" })
-    .setIssuedAt()
-    .setExpirationTime(expiresIn)
-    .sign(key(secret));
+  const jwt = new SignJWT(claims).setProtectedHeader({ alg: "HS256", typ: "JWT" }).setIssuedAt();
+  return (claims.exp === undefined ? jwt.setExpirationTime(expiresIn) : jwt).sign(key(secret));
 }
 
 /** Verifies an HS256 token and returns its claims; throws jose's error (e.g. `JWTExpired`) otherwise. */

@@ -61,21 +61,33 @@ export function createRestGateway(options: RestGatewayOptions): (req: Request) =
     if (req.method === "OPTIONS") return new Response(null, { status: 204, headers: CORS });
     const url = new URL(req.url);
     const match = url.pathname.match(/^\/rest\/v1\/rpc\/([^/]+)$/);
-    if (!match) return error(404, "PGRST125", "Invalid path specified in request URL", null, "Only RPCs are served");
+    if (!match) {
+      return error(404, "PGRST125", "Invalid path specified in request URL", null, "Only RPCs are served");
+    }
     if (req.method !== "POST") return error(405, "PGRST117", `Unsupported HTTP method: ${req.method}`);
 
     const token = bearer(req.headers.get("authorization")) ?? req.headers.get("apikey");
     if (!token) {
-      return respond(401, { message: "No API key found in request", hint: "No `apikey` request header was found." });
+      return respond(401, {
+        message: "No API key found in request",
+        hint: "No `apikey` request header was found.",
+      });
     }
     let claims: Record<string, unknown>;
     try {
       claims = await verifyJwt(options.jwtSecret, token) as Record<string, unknown>;
     } catch (e) {
       const expired = (e as { code?: string }).code === "ERR_JWT_EXPIRED";
-      return error(401, expired ? "PGRST303" : "PGRST301", expired ? "JWT expired" : "JWT could not be decoded", null, null, {
-        "www-authenticate": `Bearer error="invalid_token"`,
-      });
+      return error(
+        401,
+        expired ? "PGRST303" : "PGRST301",
+        expired ? "JWT expired" : "JWT could not be decoded",
+        null,
+        null,
+        {
+          "www-authenticate": `Bearer error="invalid_token"`,
+        },
+      );
     }
     const role = typeof claims.role === "string" ? claims.role : "anon";
     roles ??= readApiRoles(options.db);
@@ -83,7 +95,13 @@ export function createRestGateway(options: RestGatewayOptions): (req: Request) =
 
     const schema = req.headers.get("content-profile") ?? options.schemas[0];
     if (!options.schemas.includes(schema)) {
-      return error(406, "PGRST106", "Invalid schema: " + schema, null, `Only the following schemas are exposed: ${options.schemas.join(", ")}`);
+      return error(
+        406,
+        "PGRST106",
+        "Invalid schema: " + schema,
+        null,
+        `Only the following schemas are exposed: ${options.schemas.join(", ")}`,
+      );
     }
     const name = decodeURIComponent(match[1]);
     let args: Record<string, unknown>;
@@ -100,7 +118,11 @@ export function createRestGateway(options: RestGatewayOptions): (req: Request) =
     let routine = pick(await loadCatalog(), schema, name, args);
     if (routine === undefined) routine = pick(await loadCatalog(true), schema, name, args);
     if (routine === null) {
-      return error(300, "PGRST203", `Could not choose the best candidate function between overloads of ${schema}.${name}`);
+      return error(
+        300,
+        "PGRST203",
+        `Could not choose the best candidate function between overloads of ${schema}.${name}`,
+      );
     }
     if (!routine) {
       const list = Object.keys(args).sort().join(", ");
@@ -108,7 +130,9 @@ export function createRestGateway(options: RestGatewayOptions): (req: Request) =
         404,
         "PGRST202",
         `Could not find the function ${schema}.${name}(${list}) in the schema cache`,
-        `Searched for the function ${schema}.${name} with parameters ${list || "(none)"} or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache.`,
+        `Searched for the function ${schema}.${name} with parameters ${
+          list || "(none)"
+        } or with a single unnamed json/jsonb parameter, but no matches were found in the schema cache.`,
       );
     }
 
@@ -119,7 +143,12 @@ export function createRestGateway(options: RestGatewayOptions): (req: Request) =
       return new Response(body, { status: 200, headers: { ...JSON_HEADERS, ...CORS } });
     } catch (e) {
       if (!isPgError(e)) {
-        return error(503, "PGRST000", "Database client error. Retrying the connection.", String((e as Error)?.message ?? e));
+        return error(
+          503,
+          "PGRST000",
+          "Database client error. Retrying the connection.",
+          String((e as Error)?.message ?? e),
+        );
       }
       return error(httpStatus(e.code, role), e.code, e.message, e.detail ?? null, e.hint ?? null);
     }
@@ -138,9 +167,13 @@ async function call(
     [role, JSON.stringify(claims)],
   );
   const given = routine.args.filter((a) => a.name in args);
-  const fn = `${ident(routine.schema)}.${ident(routine.name)}(${given.map((a) => `${ident(a.name)} => _a.${ident(a.name)}`).join(", ")})`;
+  const fn = `${ident(routine.schema)}.${ident(routine.name)}(${
+    given.map((a) => `${ident(a.name)} => _a.${ident(a.name)}`).join(", ")
+  })`;
   const from = given.length
-    ? ` from jsonb_to_record($1::jsonb) as _a(${given.map((a) => `${ident(a.name)} ${a.type}`).join(", ")})`
+    ? ` from jsonb_to_record($1::text::jsonb) as _a(${
+      given.map((a) => `${ident(a.name)} ${a.type}`).join(", ")
+    })`
     : "";
   const params = given.length ? [JSON.stringify(args)] : [];
   const sep = given.length ? "," : " from";
@@ -155,7 +188,12 @@ async function call(
 }
 
 /** The overload whose parameters fit `args`; null when several do, undefined when none does. */
-function pick(catalog: Map<string, Routine[]>, schema: string, name: string, args: object): Routine | null | undefined {
+function pick(
+  catalog: Map<string, Routine[]>,
+  schema: string,
+  name: string,
+  args: object,
+): Routine | null | undefined {
   const keys = Object.keys(args);
   const fits = (catalog.get(`${schema}.${name}`) ?? []).filter((r) =>
     keys.every((k) => r.args.some((a) => a.name === k)) &&

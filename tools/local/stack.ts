@@ -14,8 +14,8 @@ import { startStripeEmulator, type StripeEmulator } from "./stripe_emulator/mod.
 export interface StackOptions {
   /** Port of the gateway (`PORT`, default 54321; 0 picks a free one). */
   port?: number;
-  /** PostgreSQL URL (`DATABASE_URL`); an embedded PGlite when absent. */
-  databaseUrl?: string;
+  /** PostgreSQL URL (`DATABASE_URL`); an embedded PGlite when absent, or when null. */
+  databaseUrl?: string | null;
   /** HS256 secret for every JWT (`JWT_SECRET`, default Supabase's local one). */
   jwtSecret?: string;
   /** A Stripe API to use instead of the emulator (`STRIPE_API_BASE`). */
@@ -28,7 +28,8 @@ export interface StackOptions {
   emulatorPort?: number;
   /** Connections in the database pool (`DB_POOL_SIZE`, default 10). */
   poolSize?: number;
-  projectDir?: string;
+  /** The `supabase` folder to serve (`SUPABASE_DIR`, default the project's): config.toml, migrations, seed.sql, functions/. */
+  supabaseDir?: string;
 }
 
 /** A running stack. */
@@ -55,10 +56,9 @@ export const EMULATOR_SECRET_KEY = "sk_test_local_emulator";
 /** Starts the stack; resolves when it serves. */
 export async function startStack(options: StackOptions = {}): Promise<Stack> {
   const env = (name: string) => Deno.env.get(name) || undefined;
-  const projectDir = options.projectDir ?? PROJECT_DIR;
-  const supabaseDir = join(projectDir, "supabase");
+  const supabaseDir = options.supabaseDir ?? env("SUPABASE_DIR") ?? join(PROJECT_DIR, "supabase");
   const jwtSecret = options.jwtSecret ?? env("JWT_SECRET") ?? DEFAULT_JWT_SECRET;
-  const databaseUrl = options.databaseUrl ?? env("DATABASE_URL");
+  const databaseUrl = options.databaseUrl === null ? undefined : options.databaseUrl ?? env("DATABASE_URL");
   const webhookSecret = options.webhookSecret ?? env("STRIPE_WEBHOOK_SECRET") ?? "whsec_local";
   const stripeKey = options.stripeSecretKey ?? env("STRIPE_SECRET_KEY");
   let stripeApiBase = options.stripeApiBase ?? env("STRIPE_API_BASE") ?? null;
@@ -70,7 +70,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     ? connectPostgres(databaseUrl, options.poolSize ?? Number(env("DB_POOL_SIZE") ?? 10))
     : await openPglite();
   try {
-    await prepareDatabase(db, { databaseUrl, projectDir });
+    await prepareDatabase(db, { databaseUrl, supabaseDir });
   } catch (e) {
     await db.close();
     throw e;
@@ -97,7 +97,10 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   const functions = await createFunctionsHost({
     supabaseDir,
     jwtSecret,
-    onError: (name, e) => console.error(JSON.stringify({ level: "error", msg: "function threw", function: name, error: String(e) })),
+    onError: (name, e) =>
+      console.error(
+        JSON.stringify({ level: "error", msg: "function threw", function: name, error: String(e) }),
+      ),
   });
 
   const server = Deno.serve({
@@ -108,7 +111,10 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     const path = new URL(req.url).pathname;
     if (path.startsWith("/functions/v1/")) return functions(req, info);
     if (path.startsWith("/rest/v1/")) return rest(req);
-    return Response.json({ code: "NOT_FOUND", message: "no route; try /functions/v1/<name> or /rest/v1/rpc/<fn>" }, {
+    return Response.json({
+      code: "NOT_FOUND",
+      message: "no route; try /functions/v1/<name> or /rest/v1/rpc/<fn>",
+    }, {
       status: 404,
     });
   });

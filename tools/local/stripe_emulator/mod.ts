@@ -96,7 +96,11 @@ export class StripeEmulator {
   #inflightDeliveries = new Set<Promise<unknown>>();
 
   constructor(readonly options: EmulatorOptions) {
-    this.state = R.createState("", () => Math.floor(Date.now() / 1000) + this.#offset, (e) => this.#outbox.push(e));
+    this.state = R.createState(
+      "",
+      () => Math.floor(Date.now() / 1000) + this.#offset,
+      (e) => this.#outbox.push(e),
+    );
   }
 
   /** Starts listening; resolves once the port is bound. */
@@ -132,7 +136,9 @@ export class StripeEmulator {
   async advanceClock(seconds: number, delivery: DeliveryOptions = {}): Promise<Delivery[]> {
     this.#offset += seconds;
     for (const s of this.state.sessions.values()) {
-      if (s.status === "open" && (s.expires_at as number) <= this.state.now()) R.expireCheckoutSession(this.state, s.id);
+      if (s.status === "open" && (s.expires_at as number) <= this.state.now()) {
+        R.expireCheckoutSession(this.state, s.id);
+      }
     }
     return await this.deliver(this.#drain(), delivery);
   }
@@ -235,7 +241,14 @@ export class StripeEmulator {
     const path = url.pathname;
     const requestId = R.newId("req");
     const idemKey = (headers["idempotency-key"] as string | undefined) ?? null;
-    const record: RequestRecord = { method, path, idempotencyKey: idemKey, status: 0, replayed: false, fault: null };
+    const record: RequestRecord = {
+      method,
+      path,
+      idempotencyKey: idemKey,
+      status: 0,
+      replayed: false,
+      fault: null,
+    };
     this.requests.push(record);
     const out = (status: number, payload: unknown, extra: Record<string, string> = {}, reset = false) => {
       record.status = status;
@@ -255,7 +268,10 @@ export class StripeEmulator {
     }
     if (!/^(sk|rk)_test_/.test(apiKey)) {
       return out(401, {
-        error: { type: "invalid_request_error", message: `Invalid API Key provided: ${apiKey.slice(0, 8)}****` },
+        error: {
+          type: "invalid_request_error",
+          message: `Invalid API Key provided: ${apiKey.slice(0, 8)}****`,
+        },
       });
     }
 
@@ -271,14 +287,20 @@ export class StripeEmulator {
       const live = this.#keys.get(storeKey);
       if (live) {
         if (live.endpoint !== endpoint) {
-          return out(400, idempotencyError(
-            `Keys for idempotent requests can only be used for the same endpoint they were first used for ('${live.endpoint}' vs '${endpoint}'). Try using a key other than '${idemKey}' if you meant to execute a different request.`,
-          ));
+          return out(
+            400,
+            idempotencyError(
+              `Keys for idempotent requests can only be used for the same endpoint they were first used for ('${live.endpoint}' vs '${endpoint}'). Try using a key other than '${idemKey}' if you meant to execute a different request.`,
+            ),
+          );
         }
         if (live.fingerprint !== canonical(params)) {
-          return out(400, idempotencyError(
-            `Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '${idemKey}' if you meant to execute a different request.`,
-          ));
+          return out(
+            400,
+            idempotencyError(
+              `Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '${idemKey}' if you meant to execute a different request.`,
+            ),
+          );
         }
         if (!live.done) return out(409, keyInUse());
         record.replayed = true;
@@ -296,7 +318,9 @@ export class StripeEmulator {
 
     if (fault?.kind === "error_before") {
       if (storeKey) this.#keys.delete(storeKey);
-      return out(500, { error: { type: "api_error", message: "An unknown error occurred (emulator fault)" } });
+      return out(500, {
+        error: { type: "api_error", message: "An unknown error occurred (emulator fault)" },
+      });
     }
     if (fault?.kind === "latency") await new Promise((r) => setTimeout(r, fault.ms ?? 1000));
 
@@ -305,7 +329,10 @@ export class StripeEmulator {
     let stored = true;
     try {
       if (fault?.kind === "error") {
-        throw new R.StripeError(fault.status ?? 400, fault.error ?? { type: "invalid_request_error", message: "Injected error" });
+        throw new R.StripeError(
+          fault.status ?? 400,
+          fault.error ?? { type: "invalid_request_error", message: "Injected error" },
+        );
       }
       payload = this.#route(method, path, params);
     } catch (e) {
@@ -361,7 +388,11 @@ export class StripeEmulator {
     }, false);
   }
 
-  async #control(method: string, path: string, body: string): Promise<{ status: number; body: string; headers?: Record<string, string> }> {
+  async #control(
+    method: string,
+    path: string,
+    body: string,
+  ): Promise<{ status: number; body: string; headers?: Record<string, string> }> {
     const json = (status: number, payload: unknown) => ({ status, body: JSON.stringify(payload, null, 2) });
     const input = parseJson(body);
     let m: RegExpMatchArray | null;
@@ -397,7 +428,9 @@ export class StripeEmulator {
       if (e instanceof R.StripeError) return json(e.status, { error: e.body });
       throw e;
     }
-    return json(404, { error: { type: "invalid_request_error", message: `Unknown control route ${method} ${path}` } });
+    return json(404, {
+      error: { type: "invalid_request_error", message: `Unknown control route ${method} ${path}` },
+    });
   }
 
   #takeFault(method: string, path: string): Fault | undefined {

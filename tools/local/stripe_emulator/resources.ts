@@ -66,7 +66,11 @@ export function newId(prefix: string): string {
 }
 
 function invalid(message: string, param?: string, code = "parameter_invalid"): StripeError {
-  return new StripeError(400, { type: "invalid_request_error", code, message, ...(param ? { param } : {}) }, false);
+  return new StripeError(
+    400,
+    { type: "invalid_request_error", code, message, ...(param ? { param } : {}) },
+    false,
+  );
 }
 
 function missing(param: string): StripeError {
@@ -124,7 +128,11 @@ function metadata(params: Params, name = "metadata"): Record<string, string> {
   return m as Record<string, string>;
 }
 
-function oneOf<T extends string>(value: string | undefined, allowed: readonly T[], param: string): T | undefined {
+function oneOf<T extends string>(
+  value: string | undefined,
+  allowed: readonly T[],
+  param: string,
+): T | undefined {
   if (value !== undefined && !allowed.includes(value as T)) {
     throw invalid(`Invalid ${param}: must be one of ${allowed.join(", ")}`, param);
   }
@@ -167,7 +175,9 @@ export function createCheckoutSession(state: State, p: Params): StripeObject {
     if (!priceData) throw missing(`${path}[price_data]`);
     const c = currency(priceData, "currency", `${path}[price_data][currency]`);
     if (!c) throw missing(`${path}[price_data][currency]`);
-    if (cur && c !== cur) throw invalid("All line items must use the same currency", `${path}[price_data][currency]`);
+    if (cur && c !== cur) {
+      throw invalid("All line items must use the same currency", `${path}[price_data][currency]`);
+    }
     cur = c;
     const unit = int(priceData, "unit_amount", `${path}[price_data][unit_amount]`, 0);
     if (unit === undefined) throw missing(`${path}[price_data][unit_amount]`);
@@ -175,20 +185,35 @@ export function createCheckoutSession(state: State, p: Params): StripeObject {
     const name = product && str(product, "name", `${path}[price_data][product_data][name]`);
     if (!name) throw missing(`${path}[price_data][product_data][name]`);
     subtotal += unit * quantity;
-    return { quantity, amount_total: unit * quantity, currency: c, description: name, price: { unit_amount: unit } };
+    return {
+      quantity,
+      amount_total: unit * quantity,
+      currency: c,
+      description: name,
+      price: { unit_amount: unit },
+    };
   });
   const created = state.now();
   const expiresAt = int(p, "expires_at") ?? created + 86_400;
   if (expiresAt < created + 1800) {
-    throw invalid("The `expires_at` timestamp must be at least 30 minutes from Checkout Session creation.", "expires_at");
+    throw invalid(
+      "The `expires_at` timestamp must be at least 30 minutes from Checkout Session creation.",
+      "expires_at",
+    );
   }
   if (expiresAt > created + 86_400) {
-    throw invalid("The `expires_at` timestamp must be less than 24 hours from Checkout Session creation.", "expires_at");
+    throw invalid(
+      "The `expires_at` timestamp must be less than 24 hours from Checkout Session creation.",
+      "expires_at",
+    );
   }
   const successUrl = str(p, "success_url");
   const returnUrl = str(p, "return_url");
   if (uiMode === "embedded" && successUrl) {
-    throw invalid("`success_url` is not allowed when `ui_mode` is `embedded`; use `return_url`", "success_url");
+    throw invalid(
+      "`success_url` is not allowed when `ui_mode` is `embedded`; use `return_url`",
+      "success_url",
+    );
   }
   if (uiMode === "embedded" && !returnUrl) throw missing("return_url");
   if (uiMode === "hosted" && returnUrl) throw invalid("`return_url` needs `ui_mode: embedded`", "return_url");
@@ -215,7 +240,10 @@ export function createCheckoutSession(state: State, p: Params): StripeObject {
     mode,
     payment_intent: null,
     payment_intent_data: pid
-      ? { metadata: metadata(pid), transfer_group: str(pid, "transfer_group", "payment_intent_data[transfer_group]") ?? null }
+      ? {
+        metadata: metadata(pid),
+        transfer_group: str(pid, "transfer_group", "payment_intent_data[transfer_group]") ?? null,
+      }
       : null,
     payment_status: "unpaid",
     return_url: returnUrl ?? null,
@@ -241,7 +269,8 @@ export function expireCheckoutSession(state: State, id: string): StripeObject {
   if (s.status !== "open") {
     throw new StripeError(400, {
       type: "invalid_request_error",
-      message: `Only Checkout Sessions with a status in ["open"] can be expired. This Checkout Session has a status of "${s.status}".`,
+      message:
+        `Only Checkout Sessions with a status in ["open"] can be expired. This Checkout Session has a status of "${s.status}".`,
     });
   }
   s.status = "expired";
@@ -253,11 +282,22 @@ export function expireCheckoutSession(state: State, id: string): StripeObject {
 export function payCheckoutSession(state: State, id: string): { session: StripeObject; event: StripeEvent } {
   const s = getCheckoutSession(state, id);
   if (s.status !== "open") {
-    throw new StripeError(400, { type: "invalid_request_error", message: `Checkout Session ${id} is ${s.status}, not open` });
+    throw new StripeError(400, {
+      type: "invalid_request_error",
+      message: `Checkout Session ${id} is ${s.status}, not open`,
+    });
   }
   const amount = s.amount_total as number;
-  const piData = s.payment_intent_data as { metadata?: Record<string, string>; transfer_group?: string } | null;
-  const pi = succeededPaymentIntent(state, amount, s.currency as string, piData?.metadata ?? {}, piData?.transfer_group);
+  const piData = s.payment_intent_data as
+    | { metadata?: Record<string, string>; transfer_group?: string }
+    | null;
+  const pi = succeededPaymentIntent(
+    state,
+    amount,
+    s.currency as string,
+    piData?.metadata ?? {},
+    piData?.transfer_group,
+  );
   Object.assign(s, { status: "complete", payment_status: "paid", payment_intent: pi.id });
   return { session: s, event: event(state, "checkout.session.completed", s) };
 }
@@ -340,7 +380,11 @@ export function createRefund(state: State, p: Params): StripeObject {
   const chargeId = str(p, "charge");
   if (!piId && !chargeId) throw missing("payment_intent");
   const amount = int(p, "amount", "amount", 1);
-  const reason = oneOf(str(p, "reason"), ["duplicate", "fraudulent", "requested_by_customer"] as const, "reason");
+  const reason = oneOf(
+    str(p, "reason"),
+    ["duplicate", "fraudulent", "requested_by_customer"] as const,
+    "reason",
+  );
   const meta = metadata(p);
   let charge: StripeObject | undefined;
   if (piId) {

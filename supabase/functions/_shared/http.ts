@@ -1,0 +1,177 @@
+/**
+ * What every function needs around its handler: CORS, `application/problem+json` errors (RFC 9457),
+ * JSON bodies with a size limit, a request id, and a log line per request.
+ * @module
+ */
+import { log } from "./log.ts";
+
+/** CORS headers on every response; `Idempotency-Key` may be sent, `Idempotent-Replayed` read. */
+export const CORS_HEADERS: Readonly<Record<string, string>> = {
+  "access-control-allow-origin": "*",
+  "access-control-allow-methods": "POST, OPTIONS",
+  "access-control-allow-headers": "authorization, x-client-info, apikey, content-type, idempotency-key",
+  "access-control-expose-headers": "idempotent-replayed, retry-after, x-request-id",
+  "access-control-max-age": "86400",
+};
+
+/** Largest request body accepted, in bytes. */
+export const MAX_BODY_BYTES = 16 * 1024;
+
+/** One field that failed validation. */
+export interface FieldError {
+  field: string;
+  message: string;
+}
+
+/**
+ * An error answered as problem+json. `type` is a short stable code (`validation`, `sold-out`, ...);
+ * the response's `type` member is `/problems/<code>`.
+ */
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly type: string,
+    readonly title: string,
+    readonly detail?: string,
+    readonly extra: { errors?: FieldError[]; headers?: Record<string, string>; [member: string]: unknown } =
+      {},
+  ) {
+    super(detail ? `${title}: ${detail}` : title);
+  }
+}
+
+/** A problem+json response. */
+export function problem(error: HttpError, requestId?: string): Response {
+  const { headers, ...members } = error.extra;
+  const body = {
+    type: `/problems/${error.type}`,
+    title: error.title,
+    status: error.status,
+    ...(error.detail ? { detail: error.detail } : {}),
+    ...members,
+    ...(requestId ? { request_id: requestId } : {}),
+  };
+  return new Response(JSON.stringify(body), {
+    status: error.status,
+    headers: { "content-type": "application/problem+json", ...headers },
+  });
+}
+
+/** A JSON response. */
+export function json(status: number, body: unknown, headers: Record<string, string> = {}): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { "content-type": "application/json", ...headers },
+  });
+}
+
+/**
+ * Reads the body as JSON: 415 unless `Content-Type` is JSON, 413 over `maxBytes` (counted while
+ * streaming, whatever `Content-Length` says), 400 when it does not parse.
+ */
+export async function readJson(req: Request, maxBytes = MAX_BODY_BYTES): Promise<unknown> {
+  const type = req.headers.get("content-type") ?? "";
+  if (!/^application\/([a-z.+-]*\+)?json\b/i.test(type)) {
+    throw new HttpError(
+      415,
+      "unsupported-media-type",
+      "Unsupported media type",
+      "Send the body as application/json",
+    );
+  }
+  const tooLarge = new HttpError(
+    413,
+    "payload-too-large",
+    "Payload too large",
+    `The body must be at most ${maxBytes} bytes`,
+  );
+  if (Number(req.headers.get("content-length") ?? 0) > maxBytes) throw tooLarge;
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  if (req.body) {
+    for await (const chunk of req.body) {
+      size += chunk.length;
+      if (size > maxBytes) throw tooLarge;
+      chunks.push(chunk);
+    }
+  }
+  const text = new TextDecoder().decode(concat(chunks, size));
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new HttpError(400, "malformed-json", "Malformed JSON", "The body is not valid JSON");
+  }
+}
+
+/** The request's id: the platform's `sb-request-id` or `x-request-id` when sent, else a new UUID. */
+export function requestIdOf(req: Request): string {
+  const given = req.headers.get("sb-request-id") ?? req.headers.get("x-request-id");
+  return given && /^[\w.:-]{1,128}$/.test(given) ? given : crypto.randomUUID();
+}
+
+/** What a handler receives besides the request. */
+export interface Context {
+  requestId: string;
+  info?: Deno.ServeHandlerInfo;
+}
+
+/**
+ * Wraps a POST handler for `Deno.serve`: answers OPTIONS, refuses other methods with 405, turns a
+ * thrown `HttpError` into problem+json and anything else into a bare 500 (logged, never echoed),
+ * and adds CORS and `X-Request-Id` to every response.
+ */
+export function handler(
+  name: string,
+  fn: (req: Request, ctx: Context) => Promise<Response>,
+): (req: Request, info?: Deno.ServeHandlerInfo) => Promise<Response> {
+  return async (req, info) => {
+    const requestId = requestIdOf(req);
+    const started = performance.now();
+    let res: Response;
+    if (req.method === "OPTIONS") {
+      res = new Response(null, { status: 204 });
+    } else if (req.method !== "POST") {
+      res = problem(
+        new HttpError(405, "method-not-allowed", "Method not allowed", `Use POST, not ${req.method}`, {
+          headers: { allow: "POST, OPTIONS" },
+        }),
+        requestId,
+      );
+    } else {
+      try {
+        res = await fn(req, { requestId, info });
+      } catch (e) {
+        if (e instanceof HttpError) {
+          res = problem(e, requestId);
+        } else {
+          log("error", "unhandled error", { function: name, request_id: requestId, error: e });
+          res = problem(
+            new HttpError(500, "internal", "Internal error", "The request failed; it is safe to retry"),
+            requestId,
+          );
+        }
+      }
+    }
+    const headers = new Headers(res.headers);
+    for (const [k, v] of Object.entries(CORS_HEADERS)) headers.set(k, v);
+    headers.set("x-request-id", requestId);
+    log("info", "request", {
+      function: name,
+      request_id: requestId,
+      method: req.method,
+      status: res.status,
+      ms: Math.round(performance.now() - started),
+    });
+    return new Response(res.body, { status: res.status, statusText: res.statusText, headers });
+  };
+}
+
+function concat(chunks: Uint8Array[], size: number): Uint8Array {
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
+}

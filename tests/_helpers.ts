@@ -1,0 +1,51 @@
+/**
+ * Shared by the tests: databases of this run (created on the server `npm test` found, dropped by it
+ * at the end), the local stack on one of them, and small conveniences.
+ * @module
+ */
+import postgres from "npm:postgres@3.4.9";
+import { type Stack, type StackOptions, startStack } from "../tools/local/stack.ts";
+
+const adminUrl = Deno.env.get("TEST_ADMIN_URL");
+const prefix = Deno.env.get("TEST_DB_PREFIX");
+if (!adminUrl || !prefix) {
+  throw new Error(
+    "Run the tests with `npm test` (or `deno task test [file]`): it provides the database server",
+  );
+}
+
+let counter = 0;
+
+/** Creates an empty database for this run and returns its URL. */
+export async function createDatabase(label: string): Promise<string> {
+  const name = `${prefix}_${label}_${++counter}`.toLowerCase().replace(/[^a-z0-9_]/g, "_");
+  const admin = postgres(adminUrl!, { max: 1, onnotice: () => {} });
+  try {
+    await admin.unsafe(`create database "${name}"`);
+  } finally {
+    await admin.end();
+  }
+  const url = new URL(adminUrl!);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+let shared: Promise<Stack> | undefined;
+
+/** The stack every test file shares: one database, migrations by the Supabase CLI, the emulator. */
+export function sharedStack(): Promise<Stack> {
+  shared ??= createDatabase("stack").then((databaseUrl) =>
+    startStack({ databaseUrl, port: 0, emulatorPort: 0, poolSize: 20 })
+  );
+  return shared;
+}
+
+/** Starts a stack of its own (the caller closes it). */
+export async function ownStack(options: StackOptions = {}): Promise<Stack> {
+  return await startStack({ port: 0, emulatorPort: 0, ...options });
+}
+
+/** `Deno.test` for tests that use the shared stack: its pooled connections outlive each test. */
+export function stackTest(name: string, fn: () => Promise<void>): void {
+  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
+}

@@ -1,0 +1,63 @@
+// _shared/http.ts: what every function answers around its own logic.
+import assert from "node:assert/strict";
+import { handler, HttpError, readJson } from "../supabase/functions/_shared/http.ts";
+
+const echo = handler(
+  "echo",
+  async (req) => new Response(JSON.stringify(await readJson(req, 64)), { status: 201 }),
+);
+const post = (body: BodyInit, headers: Record<string, string> = { "content-type": "application/json" }) =>
+  echo(new Request("http://x/functions/v1/echo", { method: "POST", body, headers }));
+
+Deno.test("handler answers OPTIONS with CORS that allows Idempotency-Key and exposes the replay header", async () => {
+  const res = await echo(new Request("http://x/", { method: "OPTIONS" }));
+  assert.equal(res.status, 204);
+  assert.match(res.headers.get("access-control-allow-headers")!, /idempotency-key/);
+  assert.match(res.headers.get("access-control-expose-headers")!, /idempotent-replayed/);
+});
+
+Deno.test("handler refuses other methods with 405 problem+json", async () => {
+  const res = await echo(new Request("http://x/", { method: "GET" }));
+  assert.equal(res.status, 405);
+  assert.equal(res.headers.get("content-type"), "application/problem+json");
+  assert.equal(res.headers.get("allow"), "POST, OPTIONS");
+  assert.equal((await res.json()).type, "/problems/method-not-allowed");
+});
+
+Deno.test("readJson: 415 without a JSON content type, 413 over the limit, 400 on malformed JSON", async () => {
+  const wrongType = await post("{}", { "content-type": "text/plain" });
+  assert.equal(wrongType.status, 415);
+  const large = await post(JSON.stringify({ pad: "x".repeat(100) }));
+  assert.equal(large.status, 413);
+  assert.equal((await large.json()).type, "/problems/payload-too-large");
+  const malformed = await post("{nope");
+  assert.equal(malformed.status, 400);
+  const body = await malformed.json();
+  assert.deepEqual([body.type, body.status, body.title], ["/problems/malformed-json", 400, "Malformed JSON"]);
+  assert.ok(body.request_id);
+  const ok = await post('{"a":1}');
+  assert.equal(ok.status, 201);
+  assert.deepEqual(await ok.json(), { a: 1 });
+  assert.equal(ok.headers.get("access-control-allow-origin"), "*");
+});
+
+Deno.test("a thrown HttpError becomes problem+json with its members; anything else a bare 500", async () => {
+  const failing = handler("failing", (req) => {
+    if (req.headers.get("x-kind") === "known") {
+      throw new HttpError(409, "sold-out", "Sold out", "Only 2 left", {
+        errors: [{ field: "items", message: "x" }],
+      });
+    }
+    throw new Error("database password is hunter2");
+  });
+  const known = await failing(new Request("http://x/", { method: "POST", headers: { "x-kind": "known" } }));
+  assert.equal(known.status, 409);
+  const body = await known.json();
+  assert.deepEqual(
+    [body.type, body.title, body.detail, body.errors],
+    ["/problems/sold-out", "Sold out", "Only 2 left", [{ field: "items", message: "x" }]],
+  );
+  const unknown = await failing(new Request("http://x/", { method: "POST" }));
+  assert.equal(unknown.status, 500);
+  assert.doesNotMatch(await unknown.text(), /hunter2|at .*\.ts/);
+});
