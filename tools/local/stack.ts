@@ -39,6 +39,8 @@ export interface Stack {
   serviceRoleKey: string;
   jwtSecret: string;
   db: Database;
+  /** The PostgreSQL URL, or null for the embedded PGlite. */
+  databaseUrl: string | null;
   /** The emulator, when the stack runs one. */
   stripe: StripeEmulator | null;
   /** Where the functions send Stripe calls (null: api.stripe.com). */
@@ -139,6 +141,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     serviceRoleKey,
     jwtSecret,
     db,
+    databaseUrl: databaseUrl ?? null,
     stripe,
     stripeApiBase,
     rpcCalls,

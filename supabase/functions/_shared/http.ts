@@ -3,7 +3,10 @@
  * JSON bodies with a size limit, a request id, and a log line per request.
  * @module
  */
+import { HttpError } from "./errors.ts";
 import { log } from "./log.ts";
+
+export { HttpError };
 
 /** CORS headers on every response; `Idempotency-Key` may be sent, `Idempotent-Replayed` read. */
 export const CORS_HEADERS: Readonly<Record<string, string>> = {
@@ -16,29 +19,6 @@ export const CORS_HEADERS: Readonly<Record<string, string>> = {
 
 /** Largest request body accepted, in bytes. */
 export const MAX_BODY_BYTES = 16 * 1024;
-
-/** One field that failed validation. */
-export interface FieldError {
-  field: string;
-  message: string;
-}
-
-/**
- * An error answered as problem+json. `type` is a short stable code (`validation`, `sold-out`, ...);
- * the response's `type` member is `/problems/<code>`.
- */
-export class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    readonly type: string,
-    readonly title: string,
-    readonly detail?: string,
-    readonly extra: { errors?: FieldError[]; headers?: Record<string, string>; [member: string]: unknown } =
-      {},
-  ) {
-    super(detail ? `${title}: ${detail}` : title);
-  }
-}
 
 /** A problem+json response. */
 export function problem(error: HttpError, requestId?: string): Response {

@@ -1,0 +1,87 @@
+/**
+ * The errors a function answers with. Each is an `HttpError`, which `handler()` (http.ts) turns into
+ * `application/problem+json`; anything else thrown becomes a bare 500.
+ * @module
+ */
+
+/** One field that failed validation. */
+export interface FieldError {
+  field: string;
+  message: string;
+}
+
+/**
+ * An error answered as problem+json. `type` is a short stable code (`validation`, `sold-out`, ...);
+ * the response's `type` member is `/problems/<code>`.
+ */
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly type: string,
+    readonly title: string,
+    readonly detail?: string,
+    readonly extra: { errors?: FieldError[]; headers?: Record<string, string>; [member: string]: unknown } =
+      {},
+  ) {
+    super(detail ? `${title}: ${detail}` : title);
+  }
+}
+
+/** 503: the database (the idempotency store) could not be reached; nothing unguarded was done. */
+export class StoreUnavailableError extends HttpError {
+  constructor(detail = "The request could not be recorded safely; retry it with the same Idempotency-Key") {
+    super(503, "store-unavailable", "Service unavailable", detail, { headers: { "retry-after": "1" } });
+  }
+}
+
+/** 409: another request holds this operation; retry after `retryAfter` seconds. */
+export class OperationInProgressError extends HttpError {
+  constructor(what: string, readonly retryAfter: number) {
+    super(
+      409,
+      "operation-in-progress",
+      "Operation in progress",
+      `${what} is being processed; retry shortly`,
+      {
+        headers: { "retry-after": String(retryAfter) },
+      },
+    );
+  }
+}
+
+/** 503: Stripe's answer was lost (timeout, reset, 5xx, 409); the same key is retried later. */
+export class StripeOutcomeUnknownError extends HttpError {
+  constructor() {
+    super(
+      503,
+      "stripe-unavailable",
+      "Payment provider unavailable",
+      "Stripe did not confirm the operation; retry with the same Idempotency-Key",
+      {
+        headers: { "retry-after": "1" },
+      },
+    );
+  }
+}
+
+/** What Stripe said when it refused an operation for good. */
+export interface StripeFailure {
+  status: number;
+  type: string;
+  code?: string;
+  message: string;
+  param?: string;
+}
+
+/** 402/422: Stripe executed the request and refused it; stored, and replayed as such. */
+export class StripeRejectedError extends HttpError {
+  constructor(readonly failure: StripeFailure) {
+    super(
+      failure.status === 402 ? 402 : 422,
+      "stripe-rejected",
+      "Refused by the payment provider",
+      failure.message,
+      { stripe_code: failure.code ?? failure.type },
+    );
+  }
+}

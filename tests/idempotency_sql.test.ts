@@ -1,0 +1,352 @@
+// The idempotency state machine in SQL, under real concurrency: many connections claiming at once,
+// leases, fencing, the inbound key table, the purge, the old plan's functions, and who may call what.
+import assert from "node:assert/strict";
+import postgres from "npm:postgres@3.4.9";
+import { sharedStack, stackTest } from "./_helpers.ts";
+
+type Row = Record<string, unknown> & { outcome: string };
+
+/** A pool of `max` connections to the shared stack's database, as the postgres superuser. */
+async function pool(max: number) {
+  const stack = await sharedStack();
+  return postgres(stack.databaseUrl!, { max, onnotice: () => {} });
+}
+
+const uid = () => crypto.randomUUID();
+
+async function claim(sql: postgres.Sql, type: string, id: string, params: unknown, lease = 60): Promise<Row> {
+  const [r] = await sql`select public.claim_stripe_operation(${type}, ${id}, ${`${type}:${id}:${uid()}`},
+    ${sql.json(params as postgres.JSONValue)}, null, '{}', ${lease}) as r`;
+  return r.r as Row;
+}
+
+stackTest(
+  "50 concurrent claims of one operation: one acquired, the rest in_progress, then replay",
+  async () => {
+    const sql = await pool(50);
+    try {
+      const id = uid();
+      const params = { amount: 1000, currency: "usd" };
+      const results = await Promise.all(
+        Array.from({ length: 50 }, () => claim(sql, "refund:create", id, params)),
+      );
+      const acquired = results.filter((r) => r.outcome === "acquired");
+      assert.equal(acquired.length, 1);
+      assert.equal(results.filter((r) => r.outcome === "in_progress").length, 49);
+      assert.equal(
+        new Set(results.map((r) => r.stripe_idempotency_key)).size,
+        1,
+        "every claimant sees the one stored key",
+      );
+
+      await sql`select public.complete_stripe_operation('refund:create', ${id}, ${acquired[0]
+        .fencing_token as number},
+      're_123', '{"id": "re_123", "status": "succeeded"}')`;
+      const after = await Promise.all(
+        Array.from({ length: 50 }, () => claim(sql, "refund:create", id, params)),
+      );
+      assert.ok(after.every((r) => r.outcome === "replay" && r.stripe_resource_id === "re_123"));
+      assert.deepEqual(after[0].response, { id: "re_123", status: "succeeded" });
+      const [{ n }] =
+        await sql`select count(*)::int as n from public.stripe_idempotency_keys where operation_id = ${id}`;
+      assert.equal(n, 1);
+    } finally {
+      await sql.end();
+    }
+  },
+);
+
+stackTest("parameter order does not change the fingerprint; other parameters are a mismatch", async () => {
+  const sql = await pool(2);
+  try {
+    const id = uid();
+    const first = await claim(sql, "payout:create", id, {
+      amount: 500,
+      currency: "usd",
+      metadata: { a: "1", b: "2" },
+    });
+    assert.equal(first.outcome, "acquired");
+    const reordered = await claim(sql, "payout:create", id, {
+      metadata: { b: "2", a: "1" },
+      currency: "usd",
+      amount: 500,
+    });
+    assert.equal(reordered.outcome, "in_progress");
+    const other = await claim(sql, "payout:create", id, {
+      amount: 501,
+      currency: "usd",
+      metadata: { a: "1", b: "2" },
+    });
+    assert.equal(other.outcome, "mismatch");
+  } finally {
+    await sql.end();
+  }
+});
+
+stackTest("an expired lease is taken over with the same key; the stale holder cannot finish", async () => {
+  const sql = await pool(2);
+  try {
+    const id = uid();
+    const first = await claim(sql, "checkout:create", id, { a: 1 }, 1);
+    await new Promise((r) => setTimeout(r, 1100));
+    const second = await claim(sql, "checkout:create", id, { a: 1 }, 60);
+    assert.equal(second.outcome, "acquired");
+    assert.equal(second.stripe_idempotency_key, first.stripe_idempotency_key);
+    assert.equal(second.fencing_token, (first.fencing_token as number) + 1);
+    assert.equal(second.attempts, 2);
+
+    for (
+      const call of [
+        sql`select public.complete_stripe_operation('checkout:create', ${id}, ${first
+          .fencing_token as number}, 'cs_stale')`,
+        sql`select public.fail_stripe_operation('checkout:create', ${id}, ${first
+          .fencing_token as number}, '{"message": "x"}')`,
+        sql`select public.release_stripe_operation('checkout:create', ${id}, ${first
+          .fencing_token as number}, 'x')`,
+      ]
+    ) {
+      await assert.rejects(
+        call,
+        (e: postgres.PostgresError) =>
+          e.code === "PT409" && /fencing token 1 is stale \(the current one is 2\)/.test(e.message),
+      );
+    }
+    const [row] = await sql`select status, stripe_resource_id, locked_until > now() as held
+      from public.stripe_idempotency_keys where operation_id = ${id}`;
+    assert.deepEqual({ ...row }, { status: "in_progress", stripe_resource_id: null, held: true });
+
+    await sql`select public.complete_stripe_operation('checkout:create', ${id}, ${second
+      .fencing_token as number}, 'cs_ok')`;
+    // the same holder repeating its completion is harmless; a different resource is not
+    await sql`select public.complete_stripe_operation('checkout:create', ${id}, ${second
+      .fencing_token as number}, 'cs_ok')`;
+    await assert.rejects(
+      sql`select public.complete_stripe_operation('checkout:create', ${id}, ${second
+        .fencing_token as number}, 'cs_other')`,
+      (e: postgres.PostgresError) => e.code === "PT409" && /already completed/.test(e.message),
+    );
+  } finally {
+    await sql.end();
+  }
+});
+
+stackTest("concurrent takeovers of an expired lease: exactly one acquires", async () => {
+  const sql = await pool(20);
+  try {
+    const id = uid();
+    await claim(sql, "refund:create", id, { a: 1 }, 1);
+    await new Promise((r) => setTimeout(r, 1100));
+    const results = await Promise.all(
+      Array.from({ length: 20 }, () => claim(sql, "refund:create", id, { a: 1 })),
+    );
+    assert.equal(results.filter((r) => r.outcome === "acquired").length, 1);
+    assert.equal(results.filter((r) => r.outcome === "in_progress").length, 19);
+  } finally {
+    await sql.end();
+  }
+});
+
+stackTest("release keeps the key and makes the operation claimable at once; fail is replayed", async () => {
+  const sql = await pool(2);
+  try {
+    const id = uid();
+    const first = await claim(sql, "refund:create", id, { a: 1 });
+    await sql`select public.release_stripe_operation('refund:create', ${id}, ${first
+      .fencing_token as number}, 'timeout')`;
+    const second = await claim(sql, "refund:create", id, { a: 1 });
+    assert.equal(second.outcome, "acquired");
+    assert.equal(second.stripe_idempotency_key, first.stripe_idempotency_key);
+    const error = {
+      status: 400,
+      type: "invalid_request_error",
+      code: "amount_too_large",
+      message: "too much",
+    };
+    await sql`select public.fail_stripe_operation('refund:create', ${id}, ${second
+      .fencing_token as number}, ${sql.json(error)})`;
+    const replay = await claim(sql, "refund:create", id, { a: 1 });
+    assert.equal(replay.outcome, "replay");
+    assert.equal(replay.status, "failed");
+    assert.deepEqual(replay.error, error);
+  } finally {
+    await sql.end();
+  }
+});
+
+stackTest(
+  "inbound keys: 30 concurrent claims, one acquired; replay, mismatch and scope isolation",
+  async () => {
+    const sql = await pool(30);
+    try {
+      const key = uid();
+      const claimKey = (scope: string, fingerprint: string) =>
+        sql`select public.claim_idempotency_key(${scope}, ${key}, 'test', ${fingerprint}) as r`.then(([r]) =>
+          r.r as Row
+        );
+      const results = await Promise.all(Array.from({ length: 30 }, () => claimKey("user:a", "fp1")));
+      const winner = results.filter((r) => r.outcome === "acquired");
+      assert.equal(winner.length, 1);
+      assert.equal(results.filter((r) => r.outcome === "in_progress").length, 29);
+      await sql`select public.complete_idempotency_key('user:a', ${key}, ${winner[0]
+        .fencing_token as number}, 201,
+      '{"content-type": "application/json"}', ${'{"ok":true}'})`;
+      const replay = await claimKey("user:a", "fp1");
+      assert.deepEqual([replay.outcome, replay.response_status, replay.response_body], [
+        "replay",
+        201,
+        '{"ok":true}',
+      ]);
+      assert.equal((await claimKey("user:a", "fp2")).outcome, "mismatch");
+      assert.equal(
+        (await claimKey("user:b", "fp2")).outcome,
+        "acquired",
+        "another caller's same key is its own",
+      );
+    } finally {
+      await sql.end();
+    }
+  },
+);
+
+stackTest(
+  "purge deletes expired finished rows in bounded batches and never an operation in progress",
+  async () => {
+    const sql = await pool(2);
+    try {
+      const tag = uid();
+      await sql`insert into public.stripe_idempotency_keys (operation_type, operation_id, stripe_idempotency_key, status,
+        stripe_resource_id, completed_at, expires_at, metadata)
+      select 'purge:test', ${tag}::text || ':' || i, 'purge:test:' || ${tag}::text || ':' || i, 'completed', 'x_' || i, now(),
+        now() - interval '1 day', jsonb_build_object('tag', ${tag}::text)
+      from generate_series(1, 25) as i`;
+      await sql`insert into public.stripe_idempotency_keys (operation_type, operation_id, stripe_idempotency_key, status,
+        locked_until, expires_at, metadata)
+      values ('purge:test', ${tag}::text || ':running', 'purge:test:' || ${tag}::text || ':running', 'in_progress',
+        now() - interval '1 hour', now() - interval '1 day', jsonb_build_object('tag', ${tag}::text))`;
+      let deleted = 0;
+      for (;;) {
+        const [{ r }] = await sql`select public.purge_expired_idempotency(10) as r`;
+        assert.ok(r.stripe_operations <= 10);
+        deleted += r.stripe_operations;
+        if (r.stripe_operations < 10) break;
+      }
+      assert.ok(deleted >= 25);
+      const left =
+        await sql`select status from public.stripe_idempotency_keys where metadata ->> 'tag' = ${tag}`;
+      assert.deepEqual(left.map((r) => r.status), ["in_progress"]);
+    } finally {
+      await sql.end();
+    }
+  },
+);
+
+stackTest(
+  "check_ and record_stripe_idempotency keep their names and arguments on the state machine",
+  async () => {
+    const sql = await pool(2);
+    try {
+      const id = uid();
+      const check = async () =>
+        (await sql`select public.check_stripe_idempotency('checkout:create', ${id}) as r`)[0].r;
+      assert.equal((await check()).is_completed, false);
+      const [{ r: rowId }] = await sql`select public.record_stripe_idempotency('checkout:create', ${id},
+      ${`checkout:create:${id}:${uid()}`}, 'cs_1', null, '{"source": "legacy"}') as r`;
+      assert.match(rowId, /^[0-9a-f-]{36}$/);
+      assert.deepEqual(
+        [(await check()).is_completed, (await check()).stripe_resource_id, (await check()).status],
+        [true, "cs_1", "completed"],
+      );
+      // recording the same resource again is harmless; a different one raises instead of returning NULL
+      await sql`select public.record_stripe_idempotency('checkout:create', ${id}, 'another-key', 'cs_1')`;
+      await assert.rejects(
+        sql`select public.record_stripe_idempotency('checkout:create', ${id}, 'another-key-2', 'cs_2')`,
+        (e: postgres.PostgresError) => e.code === "PT409" && /completed with cs_1/.test(e.message),
+      );
+      // and the old seven-argument form still binds
+      await sql`select public.record_stripe_idempotency('checkout:create', ${uid()}, ${uid()}, null, null, null,
+      now() + interval '1 day')`;
+    } finally {
+      await sql.end();
+    }
+  },
+);
+
+stackTest("the idempotency RPCs refuse anon and authenticated through the gateway", async () => {
+  const stack = await sharedStack();
+  const user = await stack.userToken("22222222-2222-4222-8222-222222222222");
+  const calls: [string, Record<string, unknown>][] = [
+    ["claim_stripe_operation", {
+      p_operation_type: "x:y",
+      p_operation_id: "1",
+      p_stripe_idempotency_key: "k",
+      p_params: {},
+    }],
+    ["complete_stripe_operation", {
+      p_operation_type: "x:y",
+      p_operation_id: "1",
+      p_fencing_token: 1,
+      p_stripe_resource_id: "r",
+    }],
+    ["fail_stripe_operation", {
+      p_operation_type: "x:y",
+      p_operation_id: "1",
+      p_fencing_token: 1,
+      p_error: {},
+    }],
+    ["release_stripe_operation", { p_operation_type: "x:y", p_operation_id: "1", p_fencing_token: 1 }],
+    ["claim_idempotency_key", { p_scope: "s", p_key: "k", p_endpoint: "e", p_fingerprint: "f" }],
+    ["release_idempotency_key", { p_scope: "s", p_key: "k", p_fencing_token: 1 }],
+    ["purge_expired_idempotency", {}],
+    ["check_stripe_idempotency", { p_operation_type: "x:y", p_operation_id: "1" }],
+    ["record_stripe_idempotency", {
+      p_operation_type: "x:y",
+      p_operation_id: "1",
+      p_stripe_idempotency_key: "k",
+    }],
+  ];
+  for (const [fn, args] of calls) {
+    for (const [token, status] of [[stack.anonKey, 401], [user, 403]] as const) {
+      const res = await fetch(`${stack.url}/rest/v1/rpc/${fn}`, {
+        method: "POST",
+        headers: {
+          apikey: stack.anonKey,
+          authorization: `Bearer ${token}`,
+          "content-type": "application/json",
+        },
+        body: JSON.stringify(args),
+      });
+      const body = await res.json();
+      assert.equal(res.status, status, `${fn}: ${JSON.stringify(body)}`);
+      assert.equal(body.code, "42501");
+    }
+  }
+});
+
+stackTest(
+  "every function of the project's schemas is security definer with an empty search_path",
+  async () => {
+    const stack = await sharedStack();
+    const rows = await stack.db.query<{ fn: string; definer: boolean; config: string[] | null }>(`
+    select p.oid::regprocedure::text as fn, p.prosecdef as definer, p.proconfig as config
+    from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+    where n.nspname in ('public', 'private') and p.proname not like 'gw\\_%'`);
+    assert.ok(rows.length >= 15, `found only ${rows.length} functions`);
+    for (const r of rows) {
+      assert.ok(r.definer, `${r.fn} is not security definer`);
+      assert.ok(r.config?.includes('search_path=""'), `${r.fn} has no empty search_path: ${r.config}`);
+    }
+  },
+);
+
+stackTest("the idempotency tables have RLS and no table privileges for the API roles", async () => {
+  const stack = await sharedStack();
+  const rows = await stack.db.query<{ t: string; rls: boolean; grants: number }>(`
+    select c.relname as t, c.relrowsecurity as rls,
+      (select count(*)::int from information_schema.role_table_grants g
+       where g.table_schema = 'public' and g.table_name = c.relname
+         and g.grantee in ('anon', 'authenticated', 'service_role')) as grants
+    from pg_catalog.pg_class c
+    where c.oid in ('public.stripe_idempotency_keys'::regclass, 'public.idempotency_keys'::regclass)`);
+  assert.equal(rows.length, 2);
+  for (const r of rows) assert.deepEqual([r.t, r.rls, r.grants], [r.t, true, 0]);
+});
