@@ -14,11 +14,11 @@ if (!adminUrl || !prefix) {
   );
 }
 
-let counter = 0;
-
 /** Creates an empty database for this run and returns its URL. */
 export async function createDatabase(label: string): Promise<string> {
-  const name = `${prefix}_${label}_${++counter}`.toLowerCase().replace(/[^a-z0-9_]/g, "_");
+  // Each test file runs in a worker of its own, so names come from randomness rather than a counter.
+  const suffix = crypto.randomUUID().slice(0, 8);
+  const name = `${prefix}_${label}_${suffix}`.toLowerCase().replace(/[^a-z0-9_]/g, "_");
   const admin = postgres(adminUrl!, { max: 1, onnotice: () => {} });
   try {
     await admin.unsafe(`create database "${name}"`);
@@ -32,7 +32,8 @@ export async function createDatabase(label: string): Promise<string> {
 
 let shared: Promise<Stack> | undefined;
 
-/** The stack every test file shares: one database, migrations by the Supabase CLI, the emulator. */
+/** The stack of this test file (each file runs in its own worker): a database of its own with the
+ * migrations applied by the Supabase CLI, the gateway, the functions and the emulator. */
 export function sharedStack(): Promise<Stack> {
   shared ??= createDatabase("stack").then((databaseUrl) =>
     startStack({ databaseUrl, port: 0, emulatorPort: 0, poolSize: 20 })

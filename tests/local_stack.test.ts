@@ -95,10 +95,13 @@ Deno.test({
     const main = fileURLToPath(new URL("../tools/local/main.ts", import.meta.url));
     const child = new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", main],
+      // a clean environment, as on a fresh machine (other test files' stacks set variables in this process)
+      clearEnv: true,
       env: {
+        PATH: Deno.env.get("PATH") ?? "",
+        HOME: Deno.env.get("HOME") ?? "",
         PORT: "0",
         STRIPE_EMULATOR_PORT: "0",
-        DATABASE_URL: "",
         SUPABASE_DIR: FIXTURE,
         LOG_LEVEL: "error",
       },
@@ -121,7 +124,9 @@ Deno.test({
       const invoked = await anon.functions.invoke("hello", { body: { ok: true } });
       assert.deepEqual(invoked.data?.body, { ok: true });
 
-      const stripeBase = new URL(printed.match(/emulator at (\S+)/)![1]);
+      const emulator = printed.match(/emulator at (\S+)/);
+      assert.ok(emulator, `no emulator line in: ${printed}`);
+      const stripeBase = new URL(emulator[1]);
       const stripe = new Stripe("sk_test_x", {
         httpClient: Stripe.createFetchHttpClient(),
         host: stripeBase.hostname,

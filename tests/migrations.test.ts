@@ -4,6 +4,8 @@ import assert from "node:assert/strict";
 import { connectPostgres, prepareDatabase, PROJECT_DIR } from "../tools/local/db.ts";
 import { createDatabase } from "./_helpers.ts";
 
+const OLD_PLAN = new URL("./fixtures/old_plan.sql", import.meta.url);
+
 const migrationFiles = [...Deno.readDirSync(`${PROJECT_DIR}/supabase/migrations`)]
   .filter((e) => e.name.endsWith(".sql"));
 
@@ -28,6 +30,86 @@ Deno.test("migrations apply with the Supabase CLI on a fresh database, and again
     assert.equal(await appliedCount(db), migrationFiles.length);
     const users = await db.query<{ n: number }>("select count(*)::int as n from auth.users");
     assert.equal(users[0].n, 3);
+  } finally {
+    await db.close();
+  }
+});
+
+Deno.test("the migrations adopt the old plan's tables and rows without losing any", async () => {
+  const url = await createDatabase("upgrade");
+  const db = connectPostgres(url, 2);
+  try {
+    await db.exec(await Deno.readTextFile(`${PROJECT_DIR}/tools/local/supabase_base.sql`));
+    await db.exec(await Deno.readTextFile(OLD_PLAN));
+    await prepareDatabase(db, { databaseUrl: url });
+    await prepareDatabase(db, { databaseUrl: url }); // and again: a no-op
+
+    const ops = await db.query<Record<string, unknown>>(
+      `select operation_id, status, stripe_resource_id, stripe_idempotency_key, locked_until <= now() as lease_expired,
+         fencing_token, metadata from public.stripe_idempotency_keys where operation_id like 'old-%' order by operation_id`,
+    );
+    assert.deepEqual(ops.map((r) => [r.operation_id, r.status, r.stripe_resource_id]), [
+      ["old-order-1", "completed", "cs_test_old1"],
+      ["old-payout-1", "in_progress", null],
+      ["old-refund-1", "completed", "re_old1"],
+    ]);
+    assert.equal(ops[1].lease_expired, true, "an old row without a resource is left to the reconciler");
+    assert.deepEqual(ops[0].metadata, { source: "old" });
+    assert.deepEqual(ops[2].metadata, {});
+
+    // the old in-progress row is claimed with the key it already had
+    const [{ claim }] = await db.query<{ claim: Record<string, unknown> }>(
+      `select public.claim_stripe_operation('payout:create', 'old-payout-1', 'payout:create:old-payout-1:new',
+         '{"amount": 100}') as claim`,
+    );
+    assert.equal(claim.outcome, "acquired");
+    assert.equal(
+      claim.stripe_idempotency_key,
+      "payout:create:old-payout-1:11111111-aaaa-4aaa-8aaa-000000000003",
+    );
+
+    // the old functions answer on the new state machine
+    const [{ check }] = await db.query<{ check: Record<string, unknown> }>(
+      "select public.check_stripe_idempotency('checkout:create', 'old-order-1') as check",
+    );
+    assert.deepEqual([check.is_completed, check.stripe_resource_id], [true, "cs_test_old1"]);
+    await assert.rejects(
+      db.query("select public.record_stripe_idempotency('checkout:create', 'old-order-1', 'k2', 'cs_other')"),
+      (e: { code: string }) => e.code === "PT409",
+    );
+
+    // the old inbound rows: a stored response replays, the other is claimable
+    const inbound = await db.query<{ claim: Record<string, unknown> }>(
+      `select public.claim_idempotency_key('user:aaaaaaaa-0000-4000-8000-000000000001', 'old-client-key-1', 'x', 'fp')
+         as claim
+       union all
+       select public.claim_idempotency_key('legacy', 'old-client-key-2', 'x', 'fp')`,
+    );
+    assert.deepEqual(
+      [
+        inbound[0].claim.outcome,
+        inbound[0].claim.response_status,
+        JSON.parse(inbound[0].claim.response_body as string),
+      ],
+      ["replay", 200, { order_id: "old-order-1", status: "ok" }],
+    );
+    assert.equal(inbound[1].claim.outcome, "acquired");
+    const [{ n }] = await db.query<{ n: number }>("select count(*)::int as n from public.idempotency_keys");
+    assert.equal(n, 2);
+
+    // the old policies, redundant indexes and the API roles' table access are gone
+    const [{ policies, indexes, grants }] = await db.query<
+      { policies: number; indexes: number; grants: number }
+    >(`
+      select (select count(*)::int from pg_catalog.pg_policies where tablename = 'stripe_idempotency_keys') as policies,
+        (select count(*)::int from pg_catalog.pg_indexes where indexname like 'idx_stripe_idempotency_keys_%') as indexes,
+        (select count(*)::int from information_schema.role_table_grants where table_name = 'stripe_idempotency_keys'
+           and grantee in ('anon', 'authenticated')) as grants`);
+    assert.deepEqual({ policies, indexes, grants }, { policies: 0, indexes: 0, grants: 0 });
+    const [{ webhooks }] = await db.query<{ webhooks: number }>(
+      "select count(*)::int as webhooks from public.stripe_webhook_events",
+    );
+    assert.equal(webhooks, 2);
   } finally {
     await db.close();
   }

@@ -264,7 +264,7 @@ begin
     return private.stripe_operation_json(v_row, 'acquired');
   end if;
 
-  loop
+  for attempt in 1..5 loop
     select * into v_row from public.stripe_idempotency_keys k
     where k.operation_type = p_operation_type and k.operation_id = p_operation_id;
     if not found then
@@ -295,6 +295,8 @@ begin
     end if;
     -- another claimer took it over first: read it again
   end loop;
+  raise exception 'Cannot claim operation ''%/%'': it changed hands five times during the claim',
+    p_operation_type, p_operation_id using errcode = '40001';
 end
 $$;
 
@@ -469,7 +471,7 @@ begin
     return private.request_key_json(v_row, 'acquired');
   end if;
 
-  loop
+  for attempt in 1..5 loop
     select * into v_row from public.idempotency_keys k where k.scope = p_scope and k.key = p_key;
     if not found then
       raise exception 'Cannot claim idempotency key ''%'': it vanished while being claimed', p_key
@@ -501,6 +503,8 @@ begin
       return private.request_key_json(v_row, 'acquired');
     end if;
   end loop;
+  raise exception 'Cannot claim idempotency key ''%'': it changed hands five times during the claim', p_key
+    using errcode = '40001';
 end
 $$;
 

@@ -73,6 +73,14 @@ export interface EmulatorOptions {
   autoDeliver?: boolean;
 }
 
+/** An answer to send, or (reset) a connection to drop. */
+interface Reply {
+  status: number;
+  body: string;
+  headers?: Record<string, string>;
+  reset?: boolean;
+}
+
 interface Entry {
   endpoint: string;
   fingerprint: string;
@@ -216,7 +224,7 @@ export class StripeEmulator {
     const body = new TextDecoder().decode(concat(chunks));
     const url = new URL(req.url ?? "/", "http://emulator");
     const method = req.method ?? "GET";
-    let reply: { status: number; body: string; headers?: Record<string, string>; reset?: boolean };
+    let reply: Reply;
     try {
       reply = url.pathname.startsWith("/_emulator/")
         ? await this.#control(method, url.pathname, body)
@@ -237,7 +245,7 @@ export class StripeEmulator {
     url: URL,
     body: string,
     headers: http.IncomingHttpHeaders,
-  ): Promise<{ status: number; body: string; headers?: Record<string, string>; reset?: boolean }> {
+  ): Promise<Reply> {
     const path = url.pathname;
     const requestId = R.newId("req");
     const idemKey = (headers["idempotency-key"] as string | undefined) ?? null;
@@ -250,13 +258,12 @@ export class StripeEmulator {
       fault: null,
     };
     this.requests.push(record);
-    const out = (status: number, payload: unknown, extra: Record<string, string> = {}, reset = false) => {
+    const out = (status: number, payload: unknown, extra: Record<string, string> = {}): Reply => {
       record.status = status;
       return {
         status,
         body: typeof payload === "string" ? payload : JSON.stringify(payload, null, 2),
         headers: { "request-id": requestId, "stripe-version": R.API_VERSION, ...extra },
-        reset,
       };
     };
 
@@ -277,9 +284,35 @@ export class StripeEmulator {
 
     const fault = this.#takeFault(method, path);
     record.fault = fault?.kind ?? null;
+    // Faults in front of the API (a 500 from a load balancer, a delay) come first; a reset drops the
+    // connection after the answer was decided, whether it was executed or replayed.
+    if (fault?.kind === "error_before") {
+      return out(500, {
+        error: { type: "api_error", message: "An unknown error occurred (emulator fault)" },
+      });
+    }
+    const reply = await this.#idempotent(method, url, body, apiKey, idemKey, fault, record, requestId, out);
+    if (fault?.kind === "reset_after") reply.reset = true;
+    return reply;
+  }
+
+  async #idempotent(
+    method: string,
+    url: URL,
+    body: string,
+    apiKey: string,
+    idemKey: string | null,
+    fault: Fault | undefined,
+    record: RequestRecord,
+    requestId: string,
+    out: (status: number, payload: unknown, extra?: Record<string, string>) => Reply,
+  ): Promise<Reply> {
+    const path = url.pathname;
     const params = decodeForm(method === "GET" ? url.search.slice(1) : body);
     const endpoint = `${method} ${path}`;
     const storeKey = idemKey && method === "POST" ? `${apiKey}\n${idemKey}` : null;
+    const pause = () =>
+      fault?.kind === "latency" ? new Promise((r) => setTimeout(r, fault.ms ?? 1000)) : null;
 
     if (storeKey) {
       const entry = this.#keys.get(storeKey);
@@ -303,6 +336,7 @@ export class StripeEmulator {
           );
         }
         if (!live.done) return out(409, keyInUse());
+        await pause();
         record.replayed = true;
         return out(live.done.status, live.done.body, {
           "idempotent-replayed": "true",
@@ -316,14 +350,7 @@ export class StripeEmulator {
       return out(409, keyInUse());
     }
 
-    if (fault?.kind === "error_before") {
-      if (storeKey) this.#keys.delete(storeKey);
-      return out(500, {
-        error: { type: "api_error", message: "An unknown error occurred (emulator fault)" },
-      });
-    }
-    if (fault?.kind === "latency") await new Promise((r) => setTimeout(r, fault.ms ?? 1000));
-
+    await pause(); // while the key is held: a same-key request meanwhile gets 409
     let status = 200;
     let payload: unknown;
     let stored = true;
@@ -341,7 +368,7 @@ export class StripeEmulator {
       payload = { error: e.body };
       stored = e.stored;
     }
-    const reply = out(status, payload, {}, fault?.kind === "reset_after");
+    const reply = out(status, payload);
     if (storeKey) {
       if (stored) this.#keys.get(storeKey)!.done = { status, body: reply.body, requestId };
       else this.#keys.delete(storeKey);
