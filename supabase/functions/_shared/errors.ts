@@ -85,3 +85,39 @@ export class StripeRejectedError extends HttpError {
     );
   }
 }
+
+const TITLES: Record<number, string> = {
+  400: "Invalid request",
+  401: "Unauthorized",
+  403: "Forbidden",
+  404: "Not found",
+  409: "Conflict",
+  410: "Gone",
+  422: "Unprocessable request",
+  429: "Too many requests",
+};
+
+/**
+ * The problem a database function raised on purpose: SQLSTATE `PTnnn` gives the status, the hint the
+ * problem type, the detail (a JSON object) extra members such as `errors` or `retry_after`. Returns
+ * null for any other error, which is ours to fix rather than the caller's.
+ */
+export function problemFromDatabase(
+  e: { code: string; message: string; details: string | null; hint: string | null },
+): HttpError | null {
+  const status = /^PT([1-5]\d\d)$/.exec(e.code)?.[1];
+  if (!status || !e.hint || !/^[a-z-]+$/.test(e.hint)) return null;
+  let extra: Record<string, unknown> = {};
+  try {
+    const parsed = e.details ? JSON.parse(e.details) : {};
+    if (parsed && typeof parsed === "object" && !Array.isArray(parsed)) extra = parsed;
+  } catch { /* a plain-text detail adds nothing */ }
+  const headers = typeof extra.retry_after === "number"
+    ? { "retry-after": String(extra.retry_after) }
+    : undefined;
+  const code = Number(status);
+  return new HttpError(code, e.hint, TITLES[code] ?? "Request refused", e.message, {
+    ...extra,
+    ...(headers ? { headers } : {}),
+  });
+}

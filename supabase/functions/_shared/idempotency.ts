@@ -164,21 +164,11 @@ function secondsUntil(iso: string): number {
 
 /** The store over the Postgres RPCs of the `stripe_idempotency` migration (default: the service client). */
 export function stripeOperationStore(client?: SupabaseClient): StripeOperationStore {
-  const finish = async (fn: string, op: StripeOperation, args: Record<string, unknown>) => {
-    try {
-      await rpc(fn, { p_operation_type: op.operationType, p_operation_id: op.operationId, ...args }, client);
-    } catch (e) {
-      // Refused: a newer holder took the operation over, so it is in progress elsewhere.
-      if (e instanceof RpcError && e.code === "PT409") {
-        log("warn", "a newer holder owns the operation", {
-          operation: `${op.operationType}/${op.operationId}`,
-          error: e,
-        });
-        throw new OperationInProgressError(`Operation '${op.operationType}/${op.operationId}'`, 1);
-      }
-      throw e;
-    }
-  };
+  const finish = (fn: string, op: StripeOperation, args: Record<string, unknown>) =>
+    recordOutcome(
+      op,
+      () => rpc(fn, { p_operation_type: op.operationType, p_operation_id: op.operationId, ...args }, client),
+    );
   return {
     async claim(op, candidateKey, leaseSeconds) {
       const row = await rpc<ClaimRow>("claim_stripe_operation", {
@@ -241,6 +231,23 @@ interface ClaimRow {
   stripe_resource_id: string | null;
   response: Json;
   error: Json;
+}
+
+/**
+ * Runs a finishing RPC (complete, fail, release, or a business RPC that includes one). A refusal
+ * (`PT409`: a newer holder took the operation over) means the operation is in progress elsewhere.
+ */
+export async function recordOutcome<T>(op: StripeOperation, call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (e) {
+    if (e instanceof RpcError && e.code === "PT409") {
+      const name = `${op.operationType}/${op.operationId}`;
+      log("warn", "a newer holder owns the operation", { operation: name, error: e });
+      throw new OperationInProgressError(`Operation '${name}'`, 1);
+    }
+    throw e;
+  }
 }
 
 const KEY_PART = /^[^\s]+$/;

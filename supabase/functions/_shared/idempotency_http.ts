@@ -58,14 +58,14 @@ export interface IdempotentRequest {
 const STORED_HEADERS = ["content-type", "location"];
 
 /**
- * Runs `handle` once per (scope, Idempotency-Key) and answers retries from the store (see the module
+ * Runs `handle(key)` once per (scope, Idempotency-Key) and answers retries from the store (see the module
  * doc). Throws `HttpError` 400/409/422 for key problems, and `StoreUnavailableError` (503) when the
  * store cannot be reached, in which case `handle` is not run.
  */
 export async function withIdempotencyKey(
   req: Request,
   request: IdempotentRequest,
-  handle: () => Promise<Response>,
+  handle: (key: string) => Promise<Response>,
 ): Promise<Response> {
   const key = idempotencyKeyOf(req);
   const store = request.store ?? requestKeyStore();
@@ -109,7 +109,7 @@ export async function withIdempotencyKey(
 
   let res: Response;
   try {
-    res = await handle();
+    res = await handle(key);
   } catch (e) {
     if (!(e instanceof HttpError) || e.status >= 500) {
       await releaseQuietly(store, request.scope, key, claim.fencingToken);

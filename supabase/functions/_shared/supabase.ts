@@ -1,11 +1,12 @@
 /**
  * The functions' only way to the database: `rpc()` through supabase-js with the service-role key
  * (one RPC = one transaction). It never swallows an error: an unreachable database throws
- * `StoreUnavailableError`, anything the database refused throws `RpcError`.
+ * `StoreUnavailableError`, a problem a function raised for the caller (`PTnnn` with a type as hint)
+ * throws that `HttpError`, anything else the database refused throws `RpcError`.
  * @module
  */
 import { createClient, type SupabaseClient } from "npm:@supabase/supabase-js@2.119.1";
-import { StoreUnavailableError } from "./errors.ts";
+import { problemFromDatabase, StoreUnavailableError } from "./errors.ts";
 
 /** An error PostgreSQL (through PostgREST) answered with. */
 export class RpcError extends Error {
@@ -61,5 +62,12 @@ export async function rpc<T>(
   const { data, error, status } = result;
   if (!error) return data as T;
   if (status === 0 || status >= 500 || !error.code) throw new StoreUnavailableError();
-  throw new RpcError(fn, status, error.code, error.message, error.details ?? null, error.hint ?? null);
+  const details = {
+    code: error.code,
+    message: error.message,
+    details: error.details ?? null,
+    hint: error.hint ?? null,
+  };
+  throw problemFromDatabase(details) ??
+    new RpcError(fn, status, error.code, error.message, details.details, details.hint);
 }
