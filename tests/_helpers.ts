@@ -35,16 +35,30 @@ let shared: Promise<Stack> | undefined;
 /** The stack of this test file (each file runs in its own worker): a database of its own with the
  * migrations applied by the Supabase CLI, the gateway, the functions and the emulator. */
 export function sharedStack(): Promise<Stack> {
-  shared ??= createDatabase("stack").then((databaseUrl) =>
-    startStack({ databaseUrl, port: 0, emulatorPort: 0, poolSize: 20 })
-  );
+  shared ??= createDatabase("stack").then((databaseUrl) => {
+    forgetPreviousStack();
+    return startStack({ databaseUrl, port: 0, emulatorPort: 0, poolSize: 20 });
+  });
   return shared;
 }
 
-/** Starts a stack of its own (the caller closes it). */
-export async function ownStack(options: StackOptions = {}): Promise<Stack> {
-  return await startStack({ port: 0, emulatorPort: 0, ...options });
+/**
+ * Test files run one after another in workers of one process, and a stack exports its settings to the
+ * process environment for its functions: clear what an earlier file's stack set, as a new process would.
+ */
+function forgetPreviousStack(): void {
+  for (const name of STACK_ENV) Deno.env.delete(name);
 }
+
+const STACK_ENV = [
+  "SUPABASE_URL",
+  "SUPABASE_ANON_KEY",
+  "SUPABASE_SERVICE_ROLE_KEY",
+  "JWT_SECRET",
+  "STRIPE_SECRET_KEY",
+  "STRIPE_WEBHOOK_SECRET",
+  "STRIPE_API_BASE",
+];
 
 /** `Deno.test` for tests that use the shared stack: its pooled connections outlive each test. */
 export function stackTest(name: string, fn: () => Promise<void>): void {

@@ -559,22 +559,30 @@ language sql security definer set search_path = '' as $$
     p_response_status, p_response_headers, p_response_body)
 $$;
 
--- Gives the key back after a 5xx of ours: it stays bound to its payload and may be claimed at once.
-create or replace function public.release_idempotency_key(p_scope text, p_key text, p_fencing_token bigint)
-returns jsonb
+-- Gives the key back. After a 5xx of ours it stays bound to its payload and may be claimed at once;
+-- with p_forget (the request was refused before anything was done) the row is deleted.
+create or replace function public.release_idempotency_key(
+  p_scope text, p_key text, p_fencing_token bigint, p_forget boolean default false
+) returns jsonb
 language plpgsql security definer set search_path = '' as $$
 declare
   v_row public.idempotency_keys;
 begin
-  update public.idempotency_keys k
-  set locked_until = now()
-  where k.scope = p_scope and k.key = p_key and k.status = 'in_progress' and k.fencing_token = p_fencing_token
-  returning k.* into v_row;
+  if p_forget then
+    delete from public.idempotency_keys k
+    where k.scope = p_scope and k.key = p_key and k.status = 'in_progress' and k.fencing_token = p_fencing_token
+    returning k.* into v_row;
+  else
+    update public.idempotency_keys k
+    set locked_until = now()
+    where k.scope = p_scope and k.key = p_key and k.status = 'in_progress' and k.fencing_token = p_fencing_token
+    returning k.* into v_row;
+  end if;
   if not found then
     raise exception 'Cannot release idempotency key ''%'': fencing token % is not the current holder''s',
       p_key, p_fencing_token using errcode = 'PT409';
   end if;
-  return private.request_key_json(v_row, 'released');
+  return private.request_key_json(v_row, case when p_forget then 'forgotten' else 'released' end);
 end
 $$;
 
@@ -725,7 +733,7 @@ revoke execute on function
   public.claim_idempotency_key(text, text, text, text, integer, integer),
   public.complete_idempotency_key(text, text, bigint, integer, jsonb, text),
   public.fail_idempotency_key(text, text, bigint, integer, jsonb, text),
-  public.release_idempotency_key(text, text, bigint),
+  public.release_idempotency_key(text, text, bigint, boolean),
   public.purge_expired_idempotency(integer),
   public.check_stripe_idempotency(text, text),
   public.record_stripe_idempotency(text, text, text, text, uuid, jsonb, timestamptz),
@@ -740,7 +748,7 @@ grant execute on function
   public.claim_idempotency_key(text, text, text, text, integer, integer),
   public.complete_idempotency_key(text, text, bigint, integer, jsonb, text),
   public.fail_idempotency_key(text, text, bigint, integer, jsonb, text),
-  public.release_idempotency_key(text, text, bigint),
+  public.release_idempotency_key(text, text, bigint, boolean),
   public.purge_expired_idempotency(integer),
   public.check_stripe_idempotency(text, text),
   public.record_stripe_idempotency(text, text, text, text, uuid, jsonb, timestamptz),

@@ -290,6 +290,14 @@ begin
   select o.id into v_order_id from events.orders o
   where o.idempotency_scope = p_scope and o.idempotency_key = p_idempotency_key;
   if found then
+    if exists (select from events.orders o where o.id = v_order_id and o.event_id is distinct from p_event_id)
+       or (select jsonb_agg(jsonb_build_array(i.tier_id, i.quantity) order by i.tier_id) from events.order_items i
+           where i.order_id = v_order_id)
+          is distinct from (select jsonb_agg(jsonb_build_array(x.tier_id, x.quantity) order by x.tier_id)
+           from jsonb_to_recordset(p_items) as x (tier_id uuid, quantity integer)) then
+      raise exception 'This Idempotency-Key was used for another checkout' using errcode = 'PT422',
+        hint = 'idempotency-key-reused';
+    end if;
     return private.order_json(v_order_id) || jsonb_build_object('replayed', true);
   end if;
 

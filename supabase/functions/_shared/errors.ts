@@ -11,10 +11,22 @@ export interface FieldError {
 }
 
 /**
+ * What an error means for the request's Idempotency-Key:
+ * - `refusal`: nothing was done (bad input, not found, sold out); the key is forgotten, a retry runs again;
+ * - `transient`: try again later with the same request (in progress, unavailable); the key stays bound to
+ *   its payload and may be claimed again at once;
+ * - `outcome`: the request had effects and this is their final answer; it is stored and replayed.
+ */
+export type Disposition = "refusal" | "transient" | "outcome";
+
+/**
  * An error answered as problem+json. `type` is a short stable code (`validation`, `sold-out`, ...);
- * the response's `type` member is `/problems/<code>`.
+ * the response's `type` member is `/problems/<code>`. 4xx errors are refusals and 5xx transient
+ * unless a subclass says otherwise.
  */
 export class HttpError extends Error {
+  disposition: Disposition;
+
   constructor(
     readonly status: number,
     readonly type: string,
@@ -24,6 +36,7 @@ export class HttpError extends Error {
       {},
   ) {
     super(detail ? `${title}: ${detail}` : title);
+    this.disposition = status >= 500 ? "transient" : "refusal";
   }
 }
 
@@ -83,6 +96,7 @@ export class StripeRejectedError extends HttpError {
       failure.message,
       { stripe_code: failure.code ?? failure.type },
     );
+    this.disposition = "outcome";
   }
 }
 

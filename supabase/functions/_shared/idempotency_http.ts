@@ -7,7 +7,8 @@
  * - the same key with another payload (endpoint + canonical JSON, key order ignored) -> 422;
  * - the same key while its first request runs -> 409 with `Retry-After`;
  * - a finished response (2xx-4xx) is stored and replayed byte for byte with `Idempotent-Replayed: true`;
- *   a 5xx of ours (or a throw) releases the key for a retry with the same payload.
+ *   a 5xx of ours releases the key for a retry with the same payload; a refusal thrown before anything
+ *   was done (bad input, unknown ids, sold out) forgets the key, so that bad input writes nothing.
  * @module
  */
 import type { SupabaseClient } from "npm:@supabase/supabase-js@2.119.1";
@@ -21,7 +22,7 @@ import { rpc } from "./supabase.ts";
 export type RequestClaim =
   | { outcome: "acquired"; fencingToken: number }
   | { outcome: "replay"; status: number; headers: Record<string, string>; body: string }
-  | { outcome: "in_progress"; lockedUntil: string }
+  | { outcome: "in_progress" }
   | { outcome: "mismatch" };
 
 /** Persistence of request keys (the RPC implementation below in production). */
@@ -39,7 +40,8 @@ export interface RequestKeyStore {
     fencingToken: number,
     response: { status: number; headers: Record<string, string>; body: string },
   ): Promise<void>;
-  release(scope: string, key: string, fencingToken: number): Promise<void>;
+  /** Gives the key back: bound to its payload and claimable at once, or (`forget`) deleted. */
+  release(scope: string, key: string, fencingToken: number, forget: boolean): Promise<void>;
 }
 
 /** Where and for whom a request runs. */
@@ -90,13 +92,8 @@ export async function withIdempotencyKey(
         "idempotency-key-in-use",
         "Request in progress",
         "A request with this Idempotency-Key is still being processed",
-        {
-          headers: {
-            "retry-after": String(
-              Math.max(1, Math.ceil((Date.parse(claim.lockedUntil) - Date.now()) / 1000)),
-            ),
-          },
-        },
+        // The lease only bounds a crash; a running request usually finishes within a second.
+        { headers: { "retry-after": "1" } },
       );
     case "mismatch":
       throw new HttpError(
@@ -111,14 +108,15 @@ export async function withIdempotencyKey(
   try {
     res = await handle(key);
   } catch (e) {
-    if (!(e instanceof HttpError) || e.status >= 500) {
-      await releaseQuietly(store, request.scope, key, claim.fencingToken);
+    const disposition = e instanceof HttpError ? e.disposition : "transient";
+    if (disposition !== "outcome") {
+      await releaseQuietly(store, request.scope, key, claim.fencingToken, disposition === "refusal");
       throw e;
     }
-    res = problem(e);
+    res = problem(e as HttpError);
   }
   if (res.status >= 500) {
-    await releaseQuietly(store, request.scope, key, claim.fencingToken);
+    await releaseQuietly(store, request.scope, key, claim.fencingToken, false);
     return res;
   }
   const body = await res.text();
@@ -189,9 +187,10 @@ async function releaseQuietly(
   scope: string,
   key: string,
   fencingToken: number,
+  forget: boolean,
 ): Promise<void> {
   try {
-    await store.release(scope, key, fencingToken);
+    await store.release(scope, key, fencingToken, forget);
   } catch (e) {
     // Its lease then runs out and the key is claimable again; the error the caller sees matters more.
     log("warn", "could not release an idempotency key", { scope, error: e });
@@ -221,7 +220,7 @@ export function requestKeyStore(client?: SupabaseClient): RequestKeyStore {
             body: row.response_body!,
           };
         case "in_progress":
-          return { outcome: "in_progress", lockedUntil: row.locked_until! };
+          return { outcome: "in_progress" };
         default:
           return { outcome: "mismatch" };
       }
@@ -236,10 +235,10 @@ export function requestKeyStore(client?: SupabaseClient): RequestKeyStore {
         p_response_body: response.body,
       }, client);
     },
-    async release(scope, key, fencingToken) {
+    async release(scope, key, fencingToken, forget) {
       await rpc(
         "release_idempotency_key",
-        { p_scope: scope, p_key: key, p_fencing_token: fencingToken },
+        { p_scope: scope, p_key: key, p_fencing_token: fencingToken, p_forget: forget },
         client,
       );
     },
