@@ -4,7 +4,7 @@
  * @module
  */
 import postgres from "npm:postgres@3.4.9";
-import { type Stack, type StackOptions, startStack } from "../tools/local/stack.ts";
+import { type Stack, startStack } from "../tools/local/stack.ts";
 
 const adminUrl = Deno.env.get("TEST_ADMIN_URL");
 const prefix = Deno.env.get("TEST_DB_PREFIX");
