@@ -14,6 +14,7 @@ import {
   generateIdempotencyKeyLegacy,
   type StripeOperation,
   stripeOperationStore,
+  testHooks,
   withStripeIdempotency,
 } from "../supabase/functions/_shared/idempotency.ts";
 import {
@@ -97,7 +98,7 @@ stackTest("a completed operation replays without calling Stripe", async () => {
   assert.equal(first.replayed, false);
   const calls = stack.stripe!.requests.length;
   const again = await withStripeIdempotency(op, createSession(op));
-  assert.deepEqual(again, { ...first, replayed: true });
+  assert.deepEqual(again, { ...first, replayed: true, recorded: null });
   assert.equal(stack.stripe!.requests.length, calls, "no Stripe call on a replay");
 });
 
@@ -106,15 +107,14 @@ stackTest(
   async () => {
     const stack = await sharedStack();
     const op = checkoutOp(uid());
-    await assert.rejects(
-      withStripeIdempotency(op, createSession(op), {
-        leaseSeconds: 1,
-        afterStripe: () => {
-          throw new Error("the function died here");
-        },
-      }),
-      /died here/,
-    );
+    testHooks.afterStripe = () => {
+      throw new Error("the function died here");
+    };
+    try {
+      await assert.rejects(withStripeIdempotency(op, createSession(op), { leaseSeconds: 1 }), /died here/);
+    } finally {
+      delete testHooks.afterStripe;
+    }
     const crashed = await operationRow(op.operationId);
     assert.equal(crashed.status, "in_progress");
     const sessionsBefore = [...stack.stripe!.state.sessions.values()].filter((s) =>

@@ -408,14 +408,14 @@ $$;
 create or replace function public.complete_checkout_session(
   p_order_id uuid,
   p_fencing_token bigint,
-  p_session jsonb
+  p_result jsonb
 ) returns jsonb
 language plpgsql security definer set search_path = '' as $$
 declare
-  v_session_id text := p_session ->> 'id';
+  v_session_id text := p_result ->> 'id';
   v_current text;
 begin
-  perform public.complete_stripe_operation('checkout:create', p_order_id::text, p_fencing_token, v_session_id, p_session);
+  perform public.complete_stripe_operation('checkout:create', p_order_id::text, p_fencing_token, v_session_id, p_result);
   update events.orders o set stripe_session_id = v_session_id, updated_at = now()
   where o.id = p_order_id and o.stripe_session_id is null;
   select o.stripe_session_id into v_current from events.orders o where o.id = p_order_id;
@@ -423,7 +423,7 @@ begin
     raise exception 'Order % already has Checkout Session %, not %', p_order_id, v_current, v_session_id
       using errcode = 'PT409';
   end if;
-  return p_session;
+  return private.order_json(p_order_id);
 end
 $$;
 
@@ -438,7 +438,7 @@ begin
   perform public.fail_stripe_operation('checkout:create', p_order_id::text, p_fencing_token, p_error);
   perform private.release_holds(p_order_id);
   update events.orders o set status = 'expired', updated_at = now() where o.id = p_order_id and o.status = 'pending';
-  return p_error;
+  return private.order_json(p_order_id);
 end
 $$;
 

@@ -6,9 +6,10 @@
  * @module
  */
 import { json } from "./http.ts";
-import { type Json, recordOutcome, stripeOperationStore, withStripeIdempotency } from "./idempotency.ts";
+import type { Json } from "./idempotency.ts";
 import { withIdempotencyKey } from "./idempotency_http.ts";
-import { type Stripe, stripeClient } from "./stripe.ts";
+import { runOperation } from "./operations.ts";
+import type { Stripe } from "./stripe.ts";
 import { rpc } from "./supabase.ts";
 import { z } from "./validate.ts";
 
@@ -73,40 +74,9 @@ export function checkout(
       p_client_ip: buyer.clientIp ?? null,
     });
     const params = sessionParams(order, body.ui_mode ?? "hosted");
-    const op = {
-      operationType: "checkout:create",
-      operationId: order.order_id,
-      params: params as unknown as { [key: string]: Json },
-      userId: buyer.userId ?? null,
-    };
-    const store = {
-      ...stripeOperationStore(),
-      complete: (_op: unknown, token: number, _id: string, response: Json) =>
-        recordOutcome(
-          op,
-          () =>
-            rpc("complete_checkout_session", {
-              p_order_id: order.order_id,
-              p_fencing_token: token,
-              p_session: response,
-            }),
-        ).then(() => {}),
-      fail: (_op: unknown, token: number, error: unknown) =>
-        recordOutcome(
-          op,
-          () =>
-            rpc("fail_checkout_session", {
-              p_order_id: order.order_id,
-              p_fencing_token: token,
-              p_error: error,
-            }),
-        ).then(() => {}),
-    };
-    const { response } = await withStripeIdempotency(
-      op,
-      (stripeKey) => stripeClient().checkout.sessions.create(params, { idempotencyKey: stripeKey }),
-      { store, pick: pickSession },
-    );
+    const { response } = await runOperation("checkout:create", order.order_id, params as unknown as Json, {
+      userId: buyer.userId,
+    });
     const session = response as unknown as SessionFields;
     if (session.amount_total !== order.total_cents) {
       throw new Error(
@@ -153,16 +123,4 @@ export function sessionParams(
     ...(order.buyer_email ? { customer_email: order.buyer_email } : {}),
     ...(uiMode === "hosted" ? { success_url: back } : { return_url: back }),
   };
-}
-
-function pickSession(s: Stripe.Checkout.Session): Json {
-  const fields: SessionFields = {
-    id: s.id,
-    url: s.url,
-    client_secret: s.client_secret,
-    expires_at: s.expires_at,
-    amount_total: s.amount_total,
-    currency: s.currency,
-  };
-  return fields as unknown as Json;
 }

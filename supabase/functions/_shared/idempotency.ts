@@ -58,7 +58,13 @@ export type StripeClaim =
 /** Persistence of Stripe operations (the RPC implementation below in production). */
 export interface StripeOperationStore {
   claim(op: StripeOperation, candidateKey: string, leaseSeconds: number): Promise<StripeClaim>;
-  complete(op: StripeOperation, fencingToken: number, resourceId: string, response: Json): Promise<void>;
+  /** Records the object; may answer with what it recorded besides (e.g. the business row's new state). */
+  complete(
+    op: StripeOperation,
+    fencingToken: number,
+    resourceId: string,
+    response: Json,
+  ): Promise<Json | void>;
   fail(op: StripeOperation, fencingToken: number, error: StripeFailure): Promise<void>;
   release(op: StripeOperation, fencingToken: number, reason: string): Promise<void>;
 }
@@ -69,6 +75,8 @@ export interface StripeResult {
   response: Json;
   /** True when the stored result was returned without calling Stripe. */
   replayed: boolean;
+  /** What the store's `complete` answered (null on a replay). */
+  recorded: Json | null;
 }
 
 /** Options of `withStripeIdempotency`. */
@@ -77,9 +85,13 @@ export interface StripeIdempotencyOptions<R> {
   leaseSeconds?: number;
   /** The fields of Stripe's answer to keep for replays (default: `{ id }`). */
   pick?: (result: R) => Json;
-  /** Test hook: runs after Stripe answered and before the outcome is recorded. */
-  afterStripe?: () => void | Promise<void>;
 }
+
+/**
+ * Test hooks, unset in production: the crash and chaos tests make a handler die at the worst moment,
+ * after Stripe acted and before the outcome is recorded.
+ */
+export const testHooks: { afterStripe?: (op: StripeOperation) => void | Promise<void> } = {};
 
 /**
  * Runs `call` (a Stripe request made with the key it is given) at most once in effect for `op`.
@@ -101,7 +113,7 @@ export async function withStripeIdempotency<R extends { id: string }>(
   switch (claim.outcome) {
     case "replay":
       if (claim.status === "failed") throw new StripeRejectedError(claim.error);
-      return { resourceId: claim.resourceId, response: claim.response, replayed: true };
+      return { resourceId: claim.resourceId, response: claim.response, replayed: true, recorded: null };
     case "in_progress":
       throw new OperationInProgressError(`Operation '${name}'`, secondsUntil(claim.lockedUntil));
     case "mismatch":
@@ -133,10 +145,10 @@ export async function withStripeIdempotency<R extends { id: string }>(
     throw new StripeOutcomeUnknownError();
   }
 
-  await options.afterStripe?.();
+  await testHooks.afterStripe?.(op);
   const response = options.pick ? options.pick(result) : { id: result.id };
-  await store.complete(op, claim.fencingToken, result.id, response);
-  return { resourceId: result.id, response, replayed: false };
+  const recorded = await store.complete(op, claim.fencingToken, result.id, response);
+  return { resourceId: result.id, response, replayed: false, recorded: recorded ?? null };
 }
 
 /**

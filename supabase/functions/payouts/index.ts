@@ -1,0 +1,53 @@
+// POST /functions/v1/payouts: an organiser moves available wallet balance to their Stripe connected
+// account with a Transfer. Body { amount_cents, currency? }; Idempotency-Key required.
+// The limits (payouts enabled, a minimum, never more than available) live in create_payout.
+import { requireUser } from "../_shared/auth.ts";
+import { handler, json, readJson } from "../_shared/http.ts";
+import { withIdempotencyKey } from "../_shared/idempotency_http.ts";
+import { runOperation } from "../_shared/operations.ts";
+import { rpc } from "../_shared/supabase.ts";
+import { parseBody, z } from "../_shared/validate.ts";
+
+const PayoutBody = z.strictObject({
+  amount_cents: z.int().min(1).max(100_000_000_000),
+  currency: z.string().regex(/^[A-Za-z]{3}$/).transform((c) => c.toLowerCase()).optional(),
+});
+
+interface Payout {
+  payout_id: string;
+  amount_cents: number;
+  currency: string;
+  destination: string;
+  status: string;
+}
+
+Deno.serve(handler("payouts", async (req) => {
+  const user = await requireUser(req);
+  const body = parseBody(PayoutBody, await readJson(req));
+  const scope = `user:${user.id}`;
+  return withIdempotencyKey(req, { scope, endpoint: "payouts", payload: body }, async (key) => {
+    const payout = await rpc<Payout>("create_payout", {
+      p_scope: scope,
+      p_idempotency_key: key,
+      p_organiser_id: user.id,
+      p_amount_cents: body.amount_cents,
+      p_currency: body.currency ?? "usd",
+    });
+    const params = {
+      amount: payout.amount_cents,
+      currency: payout.currency,
+      destination: payout.destination,
+      transfer_group: `payout_${payout.payout_id}`,
+      metadata: { payout_id: payout.payout_id },
+    };
+    const { response, recorded } = await runOperation("payout:create", payout.payout_id, params, {
+      userId: user.id,
+    });
+    return json(201, {
+      payout_id: payout.payout_id,
+      stripe_transfer_id: (response as { id: string }).id,
+      status: ((recorded ?? payout) as Payout).status,
+      amount_cents: payout.amount_cents,
+    });
+  });
+}));

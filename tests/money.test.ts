@@ -1,0 +1,485 @@
+// Organiser money through the local stack and the emulator: the wallet ledger, refunds and payouts
+// under concurrency, crashes between Stripe and the database, terminal Stripe failures, and who may
+// do what. After every test the ledger invariants hold.
+import assert from "node:assert/strict";
+import { createClient, type SupabaseClient } from "npm:@supabase/supabase-js@2.119.1";
+import { testHooks } from "../supabase/functions/_shared/idempotency.ts";
+import type { Stack } from "../tools/local/stack.ts";
+import { sharedStack, stackTest } from "./_helpers.ts";
+
+const BUYER = "22222222-2222-4222-8222-222222222222";
+const STRANGER = "66666666-6666-4666-8666-666666666666";
+const uid = () => crypto.randomUUID();
+
+interface Answer {
+  status: number;
+  body: Record<string, unknown>;
+  text: string;
+}
+
+async function call(stack: Stack, fn: string, body: unknown, token: string, key = uid()): Promise<Answer> {
+  const res = await fetch(`${stack.url}/functions/v1/${fn}`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json", "idempotency-key": key },
+    body: JSON.stringify(body),
+  });
+  const text = await res.text();
+  return { status: res.status, body: text ? JSON.parse(text) : {}, text };
+}
+
+function service(stack: Stack) {
+  return createClient(stack.url, stack.serviceRoleKey, { auth: { persistSession: false } });
+}
+
+/** A new organiser with a payout account (payouts enabled unless said) and an event with one tier. */
+async function newOrganiser(stack: Stack, options: { payouts?: boolean | null } = {}) {
+  const id = uid();
+  await stack.db.query("insert into auth.users (id, email) values ($1, $2)", [id, `org-${id}@example.com`]);
+  const account = `acct_test_${id.replaceAll("-", "").slice(0, 16)}`;
+  if (options.payouts !== null) {
+    await stack.db.query(
+      "insert into events.payout_accounts (organiser_id, stripe_account_id, payouts_enabled) values ($1, $2, $3)",
+      [id, account, options.payouts ?? true],
+    );
+  }
+  const token = await stack.userToken(id);
+  const client = createClient(stack.url, stack.anonKey, {
+    auth: { persistSession: false },
+    global: { headers: { Authorization: `Bearer ${token}` } },
+  });
+  const { data: event, error } = await client.rpc("create_event", {
+    p_title: "Money test",
+    p_starts_at: new Date(Date.now() + 30 * 86_400_000).toISOString(),
+    p_tiers: [{ name: "GA", price_cents: 2500, capacity: 500 }],
+  });
+  assert.equal(error, null);
+  return { id, token, account, eventId: event.id as string, tierId: event.tiers[0].id as string, client };
+}
+
+/** A paid order of `quantity` GA tickets for the organiser's event (checkout, pay, payment recorded). */
+async function paidOrder(stack: Stack, organiser: { eventId: string; tierId: string }, quantity = 2) {
+  const checkout = await call(stack, "enhanced-checkout", {
+    event_id: organiser.eventId,
+    items: [{ tier_id: organiser.tierId, quantity }],
+  }, await stack.userToken(BUYER));
+  assert.equal(checkout.status, 201, checkout.text);
+  const { session } = await stack.stripe!.paySession(checkout.body.checkout_session_id as string);
+  const { error } = await service(stack).rpc("complete_order_payment", {
+    p_order_id: checkout.body.order_id,
+    p_stripe_session_id: session.id,
+    p_payment_intent_id: session.payment_intent,
+    p_amount_total: session.amount_total,
+  });
+  assert.equal(error, null, JSON.stringify(error));
+  return {
+    orderId: checkout.body.order_id as string,
+    total: checkout.body.amount_total as number,
+    subtotal: 2500 * quantity,
+    paymentIntent: session.payment_intent as string,
+  };
+}
+
+async function wallet(organiser: { client: SupabaseClient }) {
+  const { data, error } = await organiser.client.rpc("get_wallet");
+  assert.equal(error, null);
+  return data as {
+    currency: string;
+    balance_cents: number;
+    available_cents: number;
+    pending_payout_cents: number;
+  };
+}
+
+/** The ledger's invariants, over every wallet. */
+async function assertLedger(stack: Stack) {
+  const wrong = await stack.db.query<Record<string, unknown>>(`
+    select w.id, w.entries_total_cents, coalesce(sum(t.amount_cents), 0)::bigint as sum,
+      w.pending_payout_cents,
+      (select coalesce(sum(p.amount_cents), 0) from wallet.payouts p where p.wallet_id = w.id and p.status = 'pending')
+        as pending
+    from wallet.wallets w left join wallet.wallet_transactions t on t.wallet_id = w.id
+    group by w.id
+    having w.entries_total_cents <> coalesce(sum(t.amount_cents), 0)
+      or w.pending_payout_cents <> (select coalesce(sum(p.amount_cents), 0) from wallet.payouts p
+        where p.wallet_id = w.id and p.status = 'pending')`);
+  assert.deepEqual([...wrong], [], "entries total = sum of entries, pending = payouts in flight");
+  const overDebited = await stack.db.query(`
+    select o.id from events.orders o
+    where (select coalesce(sum(-t.amount_cents), 0) from wallet.wallet_transactions t
+           where t.order_id = o.id and t.type in ('refund', 'adjustment')) > o.subtotal_cents
+       or o.refunded_cents > o.total_cents`);
+  assert.deepEqual(
+    [...overDebited],
+    [],
+    "refund debits never exceed the sale credit; refunds never exceed paid",
+  );
+}
+
+function moneyTest(name: string, fn: (stack: Stack) => Promise<void>) {
+  stackTest(name, async () => {
+    const stack = await sharedStack();
+    try {
+      await fn(stack);
+    } finally {
+      stack.stripe!.clearFaults();
+      delete testHooks.afterStripe;
+    }
+    await assertLedger(stack);
+  });
+}
+
+moneyTest("a paid order credits its organiser once, however often the payment is recorded", async (stack) => {
+  const organiser = await newOrganiser(stack);
+  const order = await paidOrder(stack, organiser, 3);
+  const [session] = [...stack.stripe!.state.sessions.values()].filter((s) =>
+    (s.metadata as Record<string, string>).order_id === order.orderId
+  );
+  const again = await service(stack).rpc("complete_order_payment", {
+    p_order_id: order.orderId,
+    p_stripe_session_id: session.id,
+    p_payment_intent_id: order.paymentIntent,
+    p_amount_total: order.total,
+  });
+  assert.equal(again.data.changed, false);
+  const [counts] = await stack.db.query<{ sales: number; tickets: number; sold: number; held: number }>(
+    `select (select count(*)::int from wallet.wallet_transactions where order_id = $1 and type = 'sale') as sales,
+       (select count(*)::int from events.tickets where order_id = $1) as tickets,
+       t.sold, t.held from events.ticket_tiers t where t.id = $2`,
+    [order.orderId, organiser.tierId],
+  );
+  assert.deepEqual(counts, { sales: 1, tickets: 3, sold: 3, held: 0 });
+  assert.deepEqual(
+    await wallet(organiser),
+    { currency: "usd", balance_cents: 7500, available_cents: 7500, pending_payout_cents: 0 } as never,
+  );
+});
+
+moneyTest(
+  "6 concurrent refunds of 40% each: exactly 2 accepted, 2 Stripe refunds, never more than paid",
+  async (stack) => {
+    const organiser = await newOrganiser(stack);
+    const order = await paidOrder(stack, organiser, 4);
+    const amount = Math.floor(order.total * 0.4);
+    const answers = await Promise.all(
+      Array.from(
+        { length: 6 },
+        () => call(stack, "refunds", { order_id: order.orderId, amount_cents: amount }, organiser.token),
+      ),
+    );
+    const accepted = answers.filter((a) => a.status === 201);
+    const refused = answers.filter((a) => a.status === 409);
+    assert.equal(accepted.length, 2, JSON.stringify(answers.map((a) => a.status)));
+    assert.equal(refused.length, 4);
+    assert.equal(refused[0].body.type, "/problems/refund-exceeds-refundable");
+    assert.equal(refused[0].body.refundable_cents, order.total - 2 * amount);
+    const atStripe = [...stack.stripe!.state.refunds.values()].filter((r) =>
+      r.payment_intent === order.paymentIntent
+    );
+    assert.equal(atStripe.length, 2);
+    const [o] = await stack.db.query<{ refunded_cents: number; status: string }>(
+      "select refunded_cents, status from events.orders where id = $1",
+      [order.orderId],
+    );
+    assert.deepEqual(o, { refunded_cents: 2 * amount, status: "partially_refunded" });
+    assert.ok(
+      accepted.every((a) => a.body.order_status === "partially_refunded" || a.body.order_status === "paid"),
+    );
+  },
+);
+
+moneyTest("the same refund request repeated (one key, concurrently) is one refund", async (stack) => {
+  const organiser = await newOrganiser(stack);
+  const order = await paidOrder(stack, organiser);
+  const key = uid();
+  const body = { order_id: order.orderId, amount_cents: 1000, reason: "requested_by_customer" };
+  const settle = async (): Promise<Answer> => {
+    for (;;) {
+      const a = await call(stack, "refunds", body, organiser.token, key);
+      if (a.status !== 409) return a;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  const answers = await Promise.all(Array.from({ length: 5 }, settle));
+  assert.ok(answers.every((a) => a.status === 201));
+  assert.equal(new Set(answers.map((a) => a.body.refund_id)).size, 1);
+  const atStripe = [...stack.stripe!.state.refunds.values()].filter((r) =>
+    r.payment_intent === order.paymentIntent
+  );
+  assert.equal(atStripe.length, 1);
+  assert.equal(atStripe[0].reason, "requested_by_customer");
+});
+
+moneyTest(
+  "a full refund voids the tickets; the organiser's debits equal the sale credit exactly",
+  async (stack) => {
+    const organiser = await newOrganiser(stack);
+    const order = await paidOrder(stack, organiser, 3);
+    const first = await call(
+      stack,
+      "refunds",
+      { order_id: order.orderId, amount_cents: 3333 },
+      organiser.token,
+    );
+    assert.deepEqual([first.status, first.body.order_status, first.body.status], [
+      201,
+      "partially_refunded",
+      "succeeded",
+    ]);
+    const rest = await call(stack, "refunds", { order_id: order.orderId }, organiser.token);
+    assert.equal(rest.status, 201, rest.text);
+    assert.equal(rest.body.amount_cents, order.total - 3333);
+    assert.equal(rest.body.order_status, "refunded");
+    const [t] = await stack.db.query<{ valid: number; void: number; debits: number }>(
+      `select (select count(*)::int from events.tickets where order_id = $1 and status = 'valid') as valid,
+       (select count(*)::int from events.tickets where order_id = $1 and status = 'void') as void,
+       (select -sum(amount_cents)::int from wallet.wallet_transactions where order_id = $1 and type = 'refund') as debits`,
+      [order.orderId],
+    );
+    assert.deepEqual(t, { valid: 0, void: 3, debits: order.subtotal });
+    assert.equal((await wallet(organiser)).balance_cents, 0);
+    const more = await call(stack, "refunds", { order_id: order.orderId, amount_cents: 1 }, organiser.token);
+    assert.equal(more.status, 409);
+  },
+);
+
+moneyTest(
+  "6 concurrent payouts of 40% of available: exactly 2 transfers, available never negative",
+  async (stack) => {
+    const organiser = await newOrganiser(stack);
+    await paidOrder(stack, organiser, 4);
+    await paidOrder(stack, organiser, 2);
+    const before = await wallet(organiser);
+    assert.equal(before.available_cents, 15_000);
+    const amount = Math.floor(before.available_cents * 0.4);
+    const answers = await Promise.all(
+      Array.from({ length: 6 }, () => call(stack, "payouts", { amount_cents: amount }, organiser.token)),
+    );
+    assert.equal(
+      answers.filter((a) => a.status === 201).length,
+      2,
+      JSON.stringify(answers.map((a) => a.text)),
+    );
+    const refused = answers.filter((a) => a.status === 409);
+    assert.equal(refused.length, 4);
+    assert.equal(refused[0].body.type, "/problems/insufficient-funds");
+    assert.equal(refused[0].body.available_cents, before.available_cents - 2 * amount);
+    const transfers = [...stack.stripe!.state.transfers.values()].filter((t) =>
+      t.destination === organiser.account
+    );
+    assert.equal(transfers.length, 2);
+    const after = await wallet(organiser);
+    assert.deepEqual(after, {
+      currency: "usd",
+      balance_cents: before.available_cents - 2 * amount,
+      available_cents: before.available_cents - 2 * amount,
+      pending_payout_cents: 0,
+    });
+    assert.ok(after.available_cents >= 0);
+  },
+);
+
+moneyTest(
+  "a refund that crashed after Stripe acted is finished by the retry: one refund, one entry",
+  async (stack) => {
+    const organiser = await newOrganiser(stack);
+    const order = await paidOrder(stack, organiser);
+    const key = uid();
+    testHooks.afterStripe = (op) => {
+      if (op.operationType === "refund:create") throw new Error("crash between Stripe and the database");
+    };
+    const crashed = await call(
+      stack,
+      "refunds",
+      { order_id: order.orderId, amount_cents: 2000 },
+      organiser.token,
+      key,
+    );
+    delete testHooks.afterStripe;
+    assert.equal(crashed.status, 500);
+    assert.equal(
+      [...stack.stripe!.state.refunds.values()].filter((r) => r.payment_intent === order.paymentIntent)
+        .length,
+      1,
+    );
+    const stalled = await call(
+      stack,
+      "refunds",
+      { order_id: order.orderId, amount_cents: 2000 },
+      organiser.token,
+      key,
+    );
+    assert.deepEqual([stalled.status, stalled.body.type], [409, "/problems/operation-in-progress"]);
+    // the crashed holder's lease runs out (here: at once)
+    await stack.db.query(
+      `update public.stripe_idempotency_keys set locked_until = now() where operation_type = 'refund:create'
+       and operation_id in (select id::text from events.refunds where order_id = $1)`,
+      [order.orderId],
+    );
+    const retried = await call(
+      stack,
+      "refunds",
+      { order_id: order.orderId, amount_cents: 2000 },
+      organiser.token,
+      key,
+    );
+    assert.equal(retried.status, 201, retried.text);
+    const atStripe = [...stack.stripe!.state.refunds.values()].filter((r) =>
+      r.payment_intent === order.paymentIntent
+    );
+    assert.deepEqual(atStripe.map((r) => r.id), [retried.body.stripe_refund_id]);
+    const [n] = await stack.db.query<{ entries: number; refunds: number }>(
+      `select (select count(*)::int from wallet.wallet_transactions where order_id = $1 and type = 'refund') as entries,
+       (select count(*)::int from events.refunds where order_id = $1) as refunds`,
+      [order.orderId],
+    );
+    assert.deepEqual(n, { entries: 1, refunds: 1 });
+  },
+);
+
+moneyTest(
+  "a payout that crashed after Stripe acted is finished by the retry: one transfer, one entry",
+  async (stack) => {
+    const organiser = await newOrganiser(stack);
+    await paidOrder(stack, organiser);
+    const key = uid();
+    testHooks.afterStripe = (op) => {
+      if (op.operationType === "payout:create") throw new Error("crash between Stripe and the database");
+    };
+    const crashed = await call(stack, "payouts", { amount_cents: 3000 }, organiser.token, key);
+    delete testHooks.afterStripe;
+    assert.equal(crashed.status, 500);
+    await stack.db.query(
+      `update public.stripe_idempotency_keys set locked_until = now() where operation_type = 'payout:create'
+       and operation_id in (select id::text from wallet.payouts where organiser_id = $1)`,
+      [organiser.id],
+    );
+    const retried = await call(stack, "payouts", { amount_cents: 3000 }, organiser.token, key);
+    assert.equal(retried.status, 201, retried.text);
+    assert.equal(retried.body.status, "paid");
+    const transfers = [...stack.stripe!.state.transfers.values()].filter((t) =>
+      t.destination === organiser.account
+    );
+    assert.deepEqual(transfers.map((t) => t.id), [retried.body.stripe_transfer_id]);
+    const [n] = await stack.db.query<{ entries: number }>(
+      "select count(*)::int as entries from wallet.wallet_transactions t join wallet.payouts p on p.id = t.payout_id where p.organiser_id = $1",
+      [organiser.id],
+    );
+    assert.equal(n.entries, 1);
+    assert.equal((await wallet(organiser)).available_cents, 5000 - 3000);
+  },
+);
+
+moneyTest(
+  "a terminal Stripe failure fails the payout and gives the debit back to the cent",
+  async (stack) => {
+    const organiser = await newOrganiser(stack);
+    await paidOrder(stack, organiser);
+    const before = await wallet(organiser);
+    stack.stripe!.addFault({
+      kind: "error",
+      path: "/v1/transfers",
+      status: 400,
+      error: { type: "invalid_request_error", code: "balance_insufficient", message: "Insufficient funds" },
+    });
+    const key = uid();
+    const answer = await call(stack, "payouts", { amount_cents: 4000 }, organiser.token, key);
+    assert.equal(answer.status, 422, answer.text);
+    assert.deepEqual([answer.body.type, answer.body.stripe_code], [
+      "/problems/stripe-rejected",
+      "balance_insufficient",
+    ]);
+    assert.deepEqual(await wallet(organiser), before);
+    const [p] = await stack.db.query<{ status: string; entries: string[] }>(
+      `select p.status, array(select t.type from wallet.wallet_transactions t where t.payout_id = p.id order by t.id) as entries
+     from wallet.payouts p where p.organiser_id = $1`,
+      [organiser.id],
+    );
+    assert.deepEqual(p, { status: "failed", entries: ["payout", "payout_reversal"] });
+    const replay = await call(stack, "payouts", { amount_cents: 4000 }, organiser.token, key);
+    assert.equal(replay.text, answer.text, "the failure is replayed");
+  },
+);
+
+moneyTest(
+  "a terminal Stripe failure fails the refund and gives the organiser's debit back",
+  async (stack) => {
+    const organiser = await newOrganiser(stack);
+    const order = await paidOrder(stack, organiser);
+    const before = await wallet(organiser);
+    stack.stripe!.addFault({
+      kind: "error",
+      path: "/v1/refunds",
+      status: 400,
+      error: { type: "invalid_request_error", code: "charge_disputed", message: "The charge is disputed" },
+    });
+    const answer = await call(
+      stack,
+      "refunds",
+      { order_id: order.orderId, amount_cents: 1500 },
+      organiser.token,
+    );
+    assert.equal(answer.status, 422, answer.text);
+    assert.deepEqual(await wallet(organiser), before);
+    const [r] = await stack.db.query<{ status: string; order_status: string; refundable: number }>(
+      `select r.status, o.status as order_status, o.refunded_cents as refundable from events.refunds r
+     join events.orders o on o.id = r.order_id where r.order_id = $1`,
+      [order.orderId],
+    );
+    assert.deepEqual(r, { status: "failed", order_status: "paid", refundable: 0 });
+    const again = await call(stack, "refunds", { order_id: order.orderId }, organiser.token);
+    assert.equal(again.status, 201, "a failed refund does not use up the refundable amount");
+    assert.equal(again.body.amount_cents, order.total);
+  },
+);
+
+moneyTest(
+  "who may refund and pay out: buyer, stranger, another event's organiser and anon are refused",
+  async (stack) => {
+    const organiser = await newOrganiser(stack);
+    const order = await paidOrder(stack, organiser);
+    const other = await newOrganiser(stack, { payouts: null });
+    const disabled = await newOrganiser(stack, { payouts: false });
+    const refund = { order_id: order.orderId, amount_cents: 100 };
+    const footprint = async () => ({
+      refunds: (await stack.db.query<{ n: number }>("select count(*)::int as n from events.refunds"))[0].n,
+      payouts: (await stack.db.query<{ n: number }>("select count(*)::int as n from wallet.payouts"))[0].n,
+      stripe: stack.stripe!.requests.length,
+    });
+    const before = await footprint();
+    for (
+      const [who, token] of [
+        ["buyer", await stack.userToken(BUYER)],
+        ["stranger", await stack.userToken(STRANGER)],
+        ["another organiser", other.token],
+      ] as const
+    ) {
+      const r = await call(stack, "refunds", refund, token);
+      assert.deepEqual([r.status, r.body.type], [404, "/problems/order-not-found"], `${who} refund`);
+      const p = await call(stack, "payouts", { amount_cents: 100 }, token);
+      assert.deepEqual([p.status, p.body.type], [403, "/problems/no-payout-account"], `${who} payout`);
+    }
+    const unknown = await call(stack, "refunds", { order_id: uid(), amount_cents: 100 }, organiser.token);
+    assert.deepEqual(
+      [unknown.status, unknown.body.type],
+      [404, "/problems/order-not-found"],
+      "same answer as a real order",
+    );
+    for (const fn of ["refunds", "payouts"]) {
+      const a = await call(stack, fn, fn === "refunds" ? refund : { amount_cents: 100 }, stack.anonKey);
+      assert.equal(a.status, 401, `anon ${fn}`);
+    }
+    const off = await call(stack, "payouts", { amount_cents: 100 }, disabled.token);
+    assert.deepEqual([off.status, off.body.type], [409, "/problems/payouts-disabled"]);
+    const small = await call(stack, "payouts", { amount_cents: 99 }, organiser.token);
+    assert.deepEqual([small.status, small.body.type], [400, "/problems/validation"]);
+    assert.deepEqual(await footprint(), before, "refused requests wrote nothing and called no Stripe");
+  },
+);
+
+moneyTest("a platform admin may refund any order", async (stack) => {
+  const organiser = await newOrganiser(stack);
+  const order = await paidOrder(stack, organiser);
+  const admin = await stack.userToken(STRANGER, { app_metadata: { role: "platform_admin" } });
+  const r = await call(stack, "refunds", { order_id: order.orderId, amount_cents: 500 }, admin);
+  assert.equal(r.status, 201, r.text);
+});
