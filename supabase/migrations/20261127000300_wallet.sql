@@ -219,6 +219,40 @@ language sql stable security definer set search_path = '' as $$
   where r.id = p_refund_id
 $$;
 
+-- Opens a refund of an order (locked by the caller): the row and the organiser's pro-rata debit.
+-- The organiser bears refunds pro rata to the subtotal: after each refund its cumulative debit is
+-- floor(refunded x subtotal / total), so a full refund debits exactly the subtotal and the debits
+-- never exceed the sale credit.
+create or replace function private.open_refund(
+  p_order events.orders, p_amount_cents integer, p_reason text, p_requested_by uuid,
+  p_scope text, p_idempotency_key text, p_stripe_refund_id text
+) returns uuid
+language plpgsql security definer set search_path = '' as $$
+declare
+  v_in_flight integer;
+  v_debited integer;
+  v_share integer;
+  v_refund_id uuid;
+  v_organiser uuid;
+  v_wallet wallet.wallets;
+begin
+  select coalesce(sum(r.amount_cents), 0), coalesce(sum(r.wallet_debit_cents), 0) into v_in_flight, v_debited
+  from events.refunds r where r.order_id = p_order.id and r.status in ('pending', 'succeeded');
+  v_share := greatest(0, least(
+    floor(least(v_in_flight + p_amount_cents, p_order.total_cents)::numeric * p_order.subtotal_cents / p_order.total_cents)::integer
+      - floor(least(v_in_flight, p_order.total_cents)::numeric * p_order.subtotal_cents / p_order.total_cents)::integer,
+    p_order.subtotal_cents - v_debited));
+  insert into events.refunds (order_id, amount_cents, wallet_debit_cents, reason, requested_by, idempotency_scope,
+    idempotency_key, stripe_refund_id)
+  values (p_order.id, p_amount_cents, v_share, p_reason, p_requested_by, p_scope, p_idempotency_key, p_stripe_refund_id)
+  returning id into v_refund_id;
+  select e.organiser_id into v_organiser from events.events e where e.id = p_order.event_id;
+  v_wallet := private.lock_wallet(v_organiser, p_order.currency);
+  perform private.post_entry(v_wallet.id, 'refund', -v_share, 'refund:' || v_refund_id, p_order.id, v_refund_id);
+  return v_refund_id;
+end
+$$;
+
 -- Requests a refund of a paid order: the organiser of its event or a platform admin; all or part of what
 -- is still refundable (paid - refunded - refunds in flight), under the order's row lock. Creates the
 -- refund (pending) and debits the organiser's share from the wallet, in this one transaction.
@@ -237,11 +271,8 @@ declare
   v_organiser uuid;
   v_refund_id uuid;
   v_in_flight integer;
-  v_debited integer;
   v_refundable integer;
   v_amount integer;
-  v_share integer;
-  v_wallet wallet.wallets;
 begin
   select r.id into v_refund_id from events.refunds r
   where r.idempotency_scope = p_scope and r.idempotency_key = p_idempotency_key;
@@ -259,14 +290,14 @@ begin
     raise exception 'Order % is %, not paid', p_order_id, v_order.status
       using errcode = 'PT409', hint = 'order-not-refundable';
   end if;
-
-  select coalesce(sum(r.amount_cents), 0), coalesce(sum(r.wallet_debit_cents), 0) into v_in_flight, v_debited
-  from events.refunds r where r.order_id = p_order_id and r.status in ('pending', 'succeeded');
-  v_refundable := v_order.total_cents - v_in_flight;
   if p_amount_cents is not null and p_amount_cents <= 0 then
     raise exception 'A refund must be at least 1 cent' using errcode = 'PT400', hint = 'validation',
       detail = '{"errors": [{"field": "amount_cents", "message": "must be positive"}]}';
   end if;
+
+  select coalesce(sum(r.amount_cents), 0) into v_in_flight
+  from events.refunds r where r.order_id = p_order_id and r.status in ('pending', 'succeeded');
+  v_refundable := v_order.total_cents - v_in_flight;
   v_amount := coalesce(p_amount_cents, v_refundable);
   if v_amount > v_refundable or v_amount <= 0 then
     raise exception 'Cannot refund % cents of order %: % cents are refundable (paid %, refunded or in flight %)',
@@ -276,20 +307,7 @@ begin
         'paid_cents', v_order.total_cents, 'refunded_or_in_flight_cents', v_in_flight)::text;
   end if;
 
-  -- The organiser bears refunds pro rata to the subtotal: after each refund its cumulative debit is
-  -- floor(refunded x subtotal / total), so a full refund debits exactly the subtotal and the debits
-  -- never exceed the sale credit.
-  v_share := least(
-    floor((v_in_flight + v_amount)::numeric * v_order.subtotal_cents / v_order.total_cents)::integer
-      - floor(v_in_flight::numeric * v_order.subtotal_cents / v_order.total_cents)::integer,
-    v_order.subtotal_cents - v_debited);
-
-  insert into events.refunds (order_id, amount_cents, wallet_debit_cents, reason, requested_by,
-    idempotency_scope, idempotency_key)
-  values (p_order_id, v_amount, v_share, p_reason, p_requested_by, p_scope, p_idempotency_key)
-  returning id into v_refund_id;
-  v_wallet := private.lock_wallet(v_organiser, v_order.currency);
-  perform private.post_entry(v_wallet.id, 'refund', -v_share, 'refund:' || v_refund_id, p_order_id, v_refund_id);
+  v_refund_id := private.open_refund(v_order, v_amount, p_reason, p_requested_by, p_scope, p_idempotency_key, null);
   return private.refund_json(v_refund_id) || jsonb_build_object('replayed', false);
 end
 $$;
@@ -482,6 +500,7 @@ $$;
 ------------------------------------------------------------------------------------------------------
 revoke execute on function
   private.refuse_ledger_change(),
+  private.open_refund(events.orders, integer, text, uuid, text, text, text),
   private.lock_wallet(uuid, text),
   private.post_entry(uuid, text, bigint, text, uuid, uuid, uuid),
   private.refund_json(uuid),

@@ -56,3 +56,11 @@ export async function requireUser(req: Request): Promise<User> {
     isPlatformAdmin: appMetadata.role === "platform_admin",
   };
 }
+
+/** Throws 403 unless the verified token is the service role's (scheduled jobs, operators). */
+export async function requireServiceRole(req: Request): Promise<void> {
+  const claims = await verifiedClaims(req);
+  if (claims.role !== "service_role") {
+    throw new HttpError(403, "forbidden", "Forbidden", "Only the service role may call this endpoint");
+  }
+}

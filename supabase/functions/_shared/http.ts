@@ -46,19 +46,10 @@ export function json(status: number, body: unknown, headers: Record<string, stri
 }
 
 /**
- * Reads the body as JSON: 415 unless `Content-Type` is JSON, 413 over `maxBytes` (counted while
- * streaming, whatever `Content-Length` says), 400 when it does not parse.
+ * Reads the body as text, at most `maxBytes` (counted while streaming, whatever `Content-Length`
+ * says): 413 beyond.
  */
-export async function readJson(req: Request, maxBytes = MAX_BODY_BYTES): Promise<unknown> {
-  const type = req.headers.get("content-type") ?? "";
-  if (!/^application\/([a-z.+-]*\+)?json\b/i.test(type)) {
-    throw new HttpError(
-      415,
-      "unsupported-media-type",
-      "Unsupported media type",
-      "Send the body as application/json",
-    );
-  }
+export async function readText(req: Request, maxBytes = MAX_BODY_BYTES): Promise<string> {
   const tooLarge = new HttpError(
     413,
     "payload-too-large",
@@ -75,7 +66,24 @@ export async function readJson(req: Request, maxBytes = MAX_BODY_BYTES): Promise
       chunks.push(chunk);
     }
   }
-  const text = new TextDecoder().decode(concat(chunks, size));
+  return new TextDecoder().decode(concat(chunks, size));
+}
+
+/**
+ * Reads the body as JSON: 415 unless `Content-Type` is JSON, 413 over `maxBytes`, 400 when it does not
+ * parse.
+ */
+export async function readJson(req: Request, maxBytes = MAX_BODY_BYTES): Promise<unknown> {
+  const type = req.headers.get("content-type") ?? "";
+  if (!/^application\/([a-z.+-]*\+)?json\b/i.test(type)) {
+    throw new HttpError(
+      415,
+      "unsupported-media-type",
+      "Unsupported media type",
+      "Send the body as application/json",
+    );
+  }
+  const text = await readText(req, maxBytes);
   try {
     return JSON.parse(text);
   } catch {

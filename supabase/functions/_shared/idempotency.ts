@@ -12,6 +12,7 @@
  * @module
  */
 import {
+  HttpError,
   OperationInProgressError,
   type StripeFailure,
   StripeOutcomeUnknownError,
@@ -53,6 +54,7 @@ export type StripeClaim =
   | { outcome: "replay"; status: "completed"; resourceId: string; response: Json }
   | { outcome: "replay"; status: "failed"; error: StripeFailure }
   | { outcome: "in_progress"; lockedUntil: string }
+  | { outcome: "needs_attention" }
   | { outcome: "mismatch" };
 
 /** Persistence of Stripe operations (the RPC implementation below in production). */
@@ -85,6 +87,8 @@ export interface StripeIdempotencyOptions<R> {
   leaseSeconds?: number;
   /** The fields of Stripe's answer to keep for replays (default: `{ id }`). */
   pick?: (result: R) => Json;
+  /** A claim already acquired elsewhere (the reconciler claims stalled operations in bulk). */
+  claim?: StripeClaim;
 }
 
 /**
@@ -108,7 +112,8 @@ export async function withStripeIdempotency<R extends { id: string }>(
   const store = options.store ?? stripeOperationStore();
   const leaseSeconds = options.leaseSeconds ?? IDEMPOTENCY_DEFAULTS.stripeLeaseSeconds;
   const name = `${op.operationType}/${op.operationId}`;
-  const claim = await store.claim(op, generateIdempotencyKey(op.operationType, op.operationId), leaseSeconds);
+  const claim = options.claim ??
+    await store.claim(op, generateIdempotencyKey(op.operationType, op.operationId), leaseSeconds);
 
   switch (claim.outcome) {
     case "replay":
@@ -116,6 +121,13 @@ export async function withStripeIdempotency<R extends { id: string }>(
       return { resourceId: claim.resourceId, response: claim.response, replayed: true, recorded: null };
     case "in_progress":
       throw new OperationInProgressError(`Operation '${name}'`, secondsUntil(claim.lockedUntil));
+    case "needs_attention":
+      throw new HttpError(
+        409,
+        "operation-needs-attention",
+        "Operation needs attention",
+        `Operation '${name}' stalled beyond Stripe's idempotency window; an operator is resolving it`,
+      );
     case "mismatch":
       throw new Error(`Operation '${name}' was claimed before with other Stripe parameters`);
   }
@@ -234,7 +246,7 @@ export function stripeOperationStore(client?: SupabaseClient): StripeOperationSt
 
 interface ClaimRow {
   outcome: "acquired" | "replay" | "in_progress" | "mismatch";
-  status: "in_progress" | "completed" | "failed";
+  status: "in_progress" | "completed" | "failed" | "needs_attention";
   stripe_idempotency_key: string;
   fencing_token: number;
   attempts: number;

@@ -8,6 +8,7 @@
 import {
   type Json,
   recordOutcome,
+  type StripeClaim,
   type StripeOperationStore,
   stripeOperationStore,
   type StripeResult,
@@ -78,7 +79,7 @@ export function runOperation(
   type: OperationType,
   id: string,
   params: Json,
-  options: { userId?: string | null; leaseSeconds?: number } = {},
+  options: { userId?: string | null; leaseSeconds?: number; claim?: StripeClaim } = {},
 ): Promise<StripeResult> {
   const spec = OPERATIONS[type];
   const op = {
@@ -105,5 +106,6 @@ export function runOperation(
     store,
     pick: spec.pick as (r: { id: string }) => Json,
     leaseSeconds: options.leaseSeconds,
+    claim: options.claim,
   });
 }

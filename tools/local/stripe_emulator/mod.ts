@@ -55,11 +55,13 @@ export interface Delivery {
   body: string;
 }
 
-/** How to deliver events: several times, all at once, and in which order. */
+/** How to deliver events: several times, all at once, in reverse order, or not now (`hold`). */
 export interface DeliveryOptions {
   times?: number;
   concurrently?: boolean;
   reverse?: boolean;
+  /** Keep the events for `takeEvents()`: deliver them later, in any order, with `deliver()`. */
+  hold?: boolean;
 }
 
 /** Where the emulator listens and sends webhooks. */
@@ -160,9 +162,28 @@ export class StripeEmulator {
     return { session, event, deliveries: await this.deliver(this.#drain(), delivery) };
   }
 
+  /** Sets a refund's status as Stripe would later (e.g. a bank refusing it); emits `refund.updated`. */
+  async updateRefund(
+    id: string,
+    status: "succeeded" | "pending" | "failed" | "canceled",
+    delivery: DeliveryOptions = {},
+  ): Promise<Delivery[]> {
+    R.updateRefundStatus(this.state, id, status);
+    return await this.deliver(this.#drain(), delivery);
+  }
+
+  /** The events emitted and not delivered yet (with `autoDeliver: false`, or held), oldest first. */
+  takeEvents(): R.StripeEvent[] {
+    return this.#drain();
+  }
+
   /** Signs and posts `events` to the webhook URL as configured by `options`. */
   async deliver(events: R.StripeEvent[], options: DeliveryOptions = {}): Promise<Delivery[]> {
     const url = this.options.webhookUrl;
+    if (options.hold) {
+      this.#outbox.unshift(...events);
+      return [];
+    }
     if (!url || events.length === 0) return [];
     const ordered = options.reverse ? [...events].reverse() : events;
     const attempts = ordered.flatMap((e) => Array.from({ length: options.times ?? 1 }, () => e));

@@ -440,6 +440,21 @@ export function createRefund(state: State, p: Params): StripeObject {
   return refund;
 }
 
+/** A refund's later status change (succeeded -> failed gives the charge its amount back). */
+export function updateRefundStatus(state: State, id: string, status: string): StripeObject {
+  const refund = getRefund(state, id);
+  const charge = state.charges.get(refund.charge as string)!;
+  const counted = (s: unknown) => s === "succeeded" || s === "pending";
+  if (counted(refund.status) && !counted(status)) {
+    charge.amount_refunded = (charge.amount_refunded as number) - (refund.amount as number);
+    state.balance += refund.amount as number;
+  }
+  refund.status = status;
+  charge.refunded = charge.amount_refunded === charge.amount;
+  event(state, "refund.updated", refund);
+  return refund;
+}
+
 /** GET /v1/refunds/:id */
 export function getRefund(state: State, id: string): StripeObject {
   const r = state.refunds.get(id);
