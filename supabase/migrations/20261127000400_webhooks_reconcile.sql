@@ -171,7 +171,7 @@ language plpgsql security definer set search_path = '' as $$
 declare
   v_order_id uuid;
   v_refund jsonb;
-  v_results jsonb := '[]';
+  v_results jsonb := '[]'::jsonb;
 begin
   if p_type like 'checkout.session.%' then
     if coalesce(p_object -> 'metadata' ->> 'order_id', '')
