@@ -4,46 +4,12 @@
 import assert from "node:assert/strict";
 import { createClient } from "npm:@supabase/supabase-js@2.119.1";
 import type { Stack } from "../tools/local/stack.ts";
+import { type Answer, BUYER, call, ORGANISER, STRANGER, uid } from "./_flows.ts";
 import { sharedStack, stackTest } from "./_helpers.ts";
 
 const EVENT = "33333333-3333-4333-8333-333333333333";
 const GA = "44444444-4444-4444-8444-444444444444";
 const VIP = "55555555-5555-4555-8555-555555555555";
-const ORGANISER = "11111111-1111-4111-8111-111111111111";
-const BUYER = "22222222-2222-4222-8222-222222222222";
-const STRANGER = "66666666-6666-4666-8666-666666666666";
-
-const uid = () => crypto.randomUUID();
-
-interface Answer {
-  status: number;
-  headers: Headers;
-  body: Record<string, unknown>;
-  text: string;
-}
-
-async function call(
-  stack: Stack,
-  fn: string,
-  body: unknown,
-  options: { key?: string | null; token?: string | null; headers?: Record<string, string> } = {},
-): Promise<Answer> {
-  const headers: Record<string, string> = { "content-type": "application/json", ...options.headers };
-  const token = options.token === undefined ? stack.anonKey : options.token;
-  if (token) headers.authorization = `Bearer ${token}`;
-  if (options.key !== null) headers["idempotency-key"] = options.key ?? uid();
-  const res = await fetch(`${stack.url}/functions/v1/${fn}`, {
-    method: "POST",
-    headers,
-    body: typeof body === "string" ? body : JSON.stringify(body),
-  });
-  const text = await res.text();
-  let parsed = {};
-  try {
-    parsed = JSON.parse(text);
-  } catch { /* not JSON */ }
-  return { status: res.status, headers: res.headers, body: parsed, text };
-}
 
 /** A client that retries with its key while the answer is 409 in progress or 503, as advised. */
 async function untilDone(attempt: () => Promise<Answer>): Promise<{ answer: Answer; tries: number }> {

@@ -2,118 +2,21 @@
 // under concurrency, crashes between Stripe and the database, terminal Stripe failures, and who may
 // do what. After every test the ledger invariants hold.
 import assert from "node:assert/strict";
-import { createClient, type SupabaseClient } from "npm:@supabase/supabase-js@2.119.1";
 import { testHooks } from "../supabase/functions/_shared/idempotency.ts";
 import type { Stack } from "../tools/local/stack.ts";
+import {
+  type Answer,
+  assertLedger,
+  BUYER,
+  call,
+  clientAs,
+  newOrganiser,
+  paidOrder,
+  STRANGER,
+  uid,
+  wallet,
+} from "./_flows.ts";
 import { sharedStack, stackTest } from "./_helpers.ts";
-
-const BUYER = "22222222-2222-4222-8222-222222222222";
-const STRANGER = "66666666-6666-4666-8666-666666666666";
-const uid = () => crypto.randomUUID();
-
-interface Answer {
-  status: number;
-  body: Record<string, unknown>;
-  text: string;
-}
-
-async function call(stack: Stack, fn: string, body: unknown, token: string, key = uid()): Promise<Answer> {
-  const res = await fetch(`${stack.url}/functions/v1/${fn}`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${token}`, "content-type": "application/json", "idempotency-key": key },
-    body: JSON.stringify(body),
-  });
-  const text = await res.text();
-  return { status: res.status, body: text ? JSON.parse(text) : {}, text };
-}
-
-function service(stack: Stack) {
-  return createClient(stack.url, stack.serviceRoleKey, { auth: { persistSession: false } });
-}
-
-/** A new organiser with a payout account (payouts enabled unless said) and an event with one tier. */
-async function newOrganiser(stack: Stack, options: { payouts?: boolean | null } = {}) {
-  const id = uid();
-  await stack.db.query("insert into auth.users (id, email) values ($1, $2)", [id, `org-${id}@example.com`]);
-  const account = `acct_test_${id.replaceAll("-", "").slice(0, 16)}`;
-  if (options.payouts !== null) {
-    await stack.db.query(
-      "insert into events.payout_accounts (organiser_id, stripe_account_id, payouts_enabled) values ($1, $2, $3)",
-      [id, account, options.payouts ?? true],
-    );
-  }
-  const token = await stack.userToken(id);
-  const client = createClient(stack.url, stack.anonKey, {
-    auth: { persistSession: false },
-    global: { headers: { Authorization: `Bearer ${token}` } },
-  });
-  const { data: event, error } = await client.rpc("create_event", {
-    p_title: "Money test",
-    p_starts_at: new Date(Date.now() + 30 * 86_400_000).toISOString(),
-    p_tiers: [{ name: "GA", price_cents: 2500, capacity: 500 }],
-  });
-  assert.equal(error, null);
-  return { id, token, account, eventId: event.id as string, tierId: event.tiers[0].id as string, client };
-}
-
-/** A paid order of `quantity` GA tickets for the organiser's event (checkout, pay, payment recorded). */
-async function paidOrder(stack: Stack, organiser: { eventId: string; tierId: string }, quantity = 2) {
-  const checkout = await call(stack, "enhanced-checkout", {
-    event_id: organiser.eventId,
-    items: [{ tier_id: organiser.tierId, quantity }],
-  }, await stack.userToken(BUYER));
-  assert.equal(checkout.status, 201, checkout.text);
-  const { session } = await stack.stripe!.paySession(checkout.body.checkout_session_id as string);
-  const { error } = await service(stack).rpc("complete_order_payment", {
-    p_order_id: checkout.body.order_id,
-    p_stripe_session_id: session.id,
-    p_payment_intent_id: session.payment_intent,
-    p_amount_total: session.amount_total,
-  });
-  assert.equal(error, null, JSON.stringify(error));
-  return {
-    orderId: checkout.body.order_id as string,
-    total: checkout.body.amount_total as number,
-    subtotal: 2500 * quantity,
-    paymentIntent: session.payment_intent as string,
-  };
-}
-
-async function wallet(organiser: { client: SupabaseClient }) {
-  const { data, error } = await organiser.client.rpc("get_wallet");
-  assert.equal(error, null);
-  return data as {
-    currency: string;
-    balance_cents: number;
-    available_cents: number;
-    pending_payout_cents: number;
-  };
-}
-
-/** The ledger's invariants, over every wallet. */
-async function assertLedger(stack: Stack) {
-  const wrong = await stack.db.query<Record<string, unknown>>(`
-    select w.id, w.entries_total_cents, coalesce(sum(t.amount_cents), 0)::bigint as sum,
-      w.pending_payout_cents,
-      (select coalesce(sum(p.amount_cents), 0) from wallet.payouts p where p.wallet_id = w.id and p.status = 'pending')
-        as pending
-    from wallet.wallets w left join wallet.wallet_transactions t on t.wallet_id = w.id
-    group by w.id
-    having w.entries_total_cents <> coalesce(sum(t.amount_cents), 0)
-      or w.pending_payout_cents <> (select coalesce(sum(p.amount_cents), 0) from wallet.payouts p
-        where p.wallet_id = w.id and p.status = 'pending')`);
-  assert.deepEqual([...wrong], [], "entries total = sum of entries, pending = payouts in flight");
-  const overDebited = await stack.db.query(`
-    select o.id from events.orders o
-    where (select coalesce(sum(-t.amount_cents), 0) from wallet.wallet_transactions t
-           where t.order_id = o.id and t.type in ('refund', 'adjustment')) > o.subtotal_cents
-       or o.refunded_cents > o.total_cents`);
-  assert.deepEqual(
-    [...overDebited],
-    [],
-    "refund debits never exceed the sale credit; refunds never exceed paid",
-  );
-}
 
 function moneyTest(name: string, fn: (stack: Stack) => Promise<void>) {
   stackTest(name, async () => {
@@ -134,7 +37,7 @@ moneyTest("a paid order credits its organiser once, however often the payment is
   const [session] = [...stack.stripe!.state.sessions.values()].filter((s) =>
     (s.metadata as Record<string, string>).order_id === order.orderId
   );
-  const again = await service(stack).rpc("complete_order_payment", {
+  const again = await clientAs(stack, stack.serviceRoleKey).rpc("complete_order_payment", {
     p_order_id: order.orderId,
     p_stripe_session_id: session.id,
     p_payment_intent_id: order.paymentIntent,
@@ -163,7 +66,10 @@ moneyTest(
     const answers = await Promise.all(
       Array.from(
         { length: 6 },
-        () => call(stack, "refunds", { order_id: order.orderId, amount_cents: amount }, organiser.token),
+        () =>
+          call(stack, "refunds", { order_id: order.orderId, amount_cents: amount }, {
+            token: organiser.token,
+          }),
       ),
     );
     const accepted = answers.filter((a) => a.status === 201);
@@ -194,7 +100,7 @@ moneyTest("the same refund request repeated (one key, concurrently) is one refun
   const body = { order_id: order.orderId, amount_cents: 1000, reason: "requested_by_customer" };
   const settle = async (): Promise<Answer> => {
     for (;;) {
-      const a = await call(stack, "refunds", body, organiser.token, key);
+      const a = await call(stack, "refunds", body, { token: organiser.token, key });
       if (a.status !== 409) return a;
       await new Promise((r) => setTimeout(r, 50));
     }
@@ -218,14 +124,14 @@ moneyTest(
       stack,
       "refunds",
       { order_id: order.orderId, amount_cents: 3333 },
-      organiser.token,
+      { token: organiser.token },
     );
     assert.deepEqual([first.status, first.body.order_status, first.body.status], [
       201,
       "partially_refunded",
       "succeeded",
     ]);
-    const rest = await call(stack, "refunds", { order_id: order.orderId }, organiser.token);
+    const rest = await call(stack, "refunds", { order_id: order.orderId }, { token: organiser.token });
     assert.equal(rest.status, 201, rest.text);
     assert.equal(rest.body.amount_cents, order.total - 3333);
     assert.equal(rest.body.order_status, "refunded");
@@ -237,7 +143,9 @@ moneyTest(
     );
     assert.deepEqual(t, { valid: 0, void: 3, debits: order.subtotal });
     assert.equal((await wallet(organiser)).balance_cents, 0);
-    const more = await call(stack, "refunds", { order_id: order.orderId, amount_cents: 1 }, organiser.token);
+    const more = await call(stack, "refunds", { order_id: order.orderId, amount_cents: 1 }, {
+      token: organiser.token,
+    });
     assert.equal(more.status, 409);
   },
 );
@@ -252,7 +160,10 @@ moneyTest(
     assert.equal(before.available_cents, 15_000);
     const amount = Math.floor(before.available_cents * 0.4);
     const answers = await Promise.all(
-      Array.from({ length: 6 }, () => call(stack, "payouts", { amount_cents: amount }, organiser.token)),
+      Array.from(
+        { length: 6 },
+        () => call(stack, "payouts", { amount_cents: amount }, { token: organiser.token }),
+      ),
     );
     assert.equal(
       answers.filter((a) => a.status === 201).length,
@@ -291,8 +202,7 @@ moneyTest(
       stack,
       "refunds",
       { order_id: order.orderId, amount_cents: 2000 },
-      organiser.token,
-      key,
+      { token: organiser.token, key },
     );
     delete testHooks.afterStripe;
     assert.equal(crashed.status, 500);
@@ -305,8 +215,7 @@ moneyTest(
       stack,
       "refunds",
       { order_id: order.orderId, amount_cents: 2000 },
-      organiser.token,
-      key,
+      { token: organiser.token, key },
     );
     assert.deepEqual([stalled.status, stalled.body.type], [409, "/problems/operation-in-progress"]);
     // the crashed holder's lease runs out (here: at once)
@@ -319,8 +228,7 @@ moneyTest(
       stack,
       "refunds",
       { order_id: order.orderId, amount_cents: 2000 },
-      organiser.token,
-      key,
+      { token: organiser.token, key },
     );
     assert.equal(retried.status, 201, retried.text);
     const atStripe = [...stack.stripe!.state.refunds.values()].filter((r) =>
@@ -345,7 +253,7 @@ moneyTest(
     testHooks.afterStripe = (op) => {
       if (op.operationType === "payout:create") throw new Error("crash between Stripe and the database");
     };
-    const crashed = await call(stack, "payouts", { amount_cents: 3000 }, organiser.token, key);
+    const crashed = await call(stack, "payouts", { amount_cents: 3000 }, { token: organiser.token, key });
     delete testHooks.afterStripe;
     assert.equal(crashed.status, 500);
     await stack.db.query(
@@ -353,7 +261,7 @@ moneyTest(
        and operation_id in (select id::text from wallet.payouts where organiser_id = $1)`,
       [organiser.id],
     );
-    const retried = await call(stack, "payouts", { amount_cents: 3000 }, organiser.token, key);
+    const retried = await call(stack, "payouts", { amount_cents: 3000 }, { token: organiser.token, key });
     assert.equal(retried.status, 201, retried.text);
     assert.equal(retried.body.status, "paid");
     const transfers = [...stack.stripe!.state.transfers.values()].filter((t) =>
@@ -382,7 +290,7 @@ moneyTest(
       error: { type: "invalid_request_error", code: "balance_insufficient", message: "Insufficient funds" },
     });
     const key = uid();
-    const answer = await call(stack, "payouts", { amount_cents: 4000 }, organiser.token, key);
+    const answer = await call(stack, "payouts", { amount_cents: 4000 }, { token: organiser.token, key });
     assert.equal(answer.status, 422, answer.text);
     assert.deepEqual([answer.body.type, answer.body.stripe_code], [
       "/problems/stripe-rejected",
@@ -395,7 +303,7 @@ moneyTest(
       [organiser.id],
     );
     assert.deepEqual(p, { status: "failed", entries: ["payout", "payout_reversal"] });
-    const replay = await call(stack, "payouts", { amount_cents: 4000 }, organiser.token, key);
+    const replay = await call(stack, "payouts", { amount_cents: 4000 }, { token: organiser.token, key });
     assert.equal(replay.text, answer.text, "the failure is replayed");
   },
 );
@@ -416,7 +324,7 @@ moneyTest(
       stack,
       "refunds",
       { order_id: order.orderId, amount_cents: 1500 },
-      organiser.token,
+      { token: organiser.token },
     );
     assert.equal(answer.status, 422, answer.text);
     assert.deepEqual(await wallet(organiser), before);
@@ -426,7 +334,7 @@ moneyTest(
       [order.orderId],
     );
     assert.deepEqual(r, { status: "failed", order_status: "paid", refundable: 0 });
-    const again = await call(stack, "refunds", { order_id: order.orderId }, organiser.token);
+    const again = await call(stack, "refunds", { order_id: order.orderId }, { token: organiser.token });
     assert.equal(again.status, 201, "a failed refund does not use up the refundable amount");
     assert.equal(again.body.amount_cents, order.total);
   },
@@ -453,24 +361,28 @@ moneyTest(
         ["another organiser", other.token],
       ] as const
     ) {
-      const r = await call(stack, "refunds", refund, token);
+      const r = await call(stack, "refunds", refund, { token: token });
       assert.deepEqual([r.status, r.body.type], [404, "/problems/order-not-found"], `${who} refund`);
-      const p = await call(stack, "payouts", { amount_cents: 100 }, token);
+      const p = await call(stack, "payouts", { amount_cents: 100 }, { token: token });
       assert.deepEqual([p.status, p.body.type], [403, "/problems/no-payout-account"], `${who} payout`);
     }
-    const unknown = await call(stack, "refunds", { order_id: uid(), amount_cents: 100 }, organiser.token);
+    const unknown = await call(stack, "refunds", { order_id: uid(), amount_cents: 100 }, {
+      token: organiser.token,
+    });
     assert.deepEqual(
       [unknown.status, unknown.body.type],
       [404, "/problems/order-not-found"],
       "same answer as a real order",
     );
     for (const fn of ["refunds", "payouts"]) {
-      const a = await call(stack, fn, fn === "refunds" ? refund : { amount_cents: 100 }, stack.anonKey);
+      const a = await call(stack, fn, fn === "refunds" ? refund : { amount_cents: 100 }, {
+        token: stack.anonKey,
+      });
       assert.equal(a.status, 401, `anon ${fn}`);
     }
-    const off = await call(stack, "payouts", { amount_cents: 100 }, disabled.token);
+    const off = await call(stack, "payouts", { amount_cents: 100 }, { token: disabled.token });
     assert.deepEqual([off.status, off.body.type], [409, "/problems/payouts-disabled"]);
-    const small = await call(stack, "payouts", { amount_cents: 99 }, organiser.token);
+    const small = await call(stack, "payouts", { amount_cents: 99 }, { token: organiser.token });
     assert.deepEqual([small.status, small.body.type], [400, "/problems/validation"]);
     assert.deepEqual(await footprint(), before, "refused requests wrote nothing and called no Stripe");
   },
@@ -480,6 +392,6 @@ moneyTest("a platform admin may refund any order", async (stack) => {
   const organiser = await newOrganiser(stack);
   const order = await paidOrder(stack, organiser);
   const admin = await stack.userToken(STRANGER, { app_metadata: { role: "platform_admin" } });
-  const r = await call(stack, "refunds", { order_id: order.orderId, amount_cents: 500 }, admin);
+  const r = await call(stack, "refunds", { order_id: order.orderId, amount_cents: 500 }, { token: admin });
   assert.equal(r.status, 201, r.text);
 });
