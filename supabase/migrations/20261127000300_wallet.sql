@@ -194,7 +194,7 @@ begin
   set status = 'paid', paid_at = now(), updated_at = now(), stripe_session_id = p_stripe_session_id,
       stripe_payment_intent_id = p_payment_intent_id,
       oversold = v_late and exists (select from events.order_items i join events.ticket_tiers t on t.id = i.tier_id
-        where i.order_id = p_order_id and t.sold > t.capacity)
+        where i.order_id = p_order_id and t.sold + t.held > t.capacity)
   where o.id = p_order_id
   returning * into v_order;
 
@@ -312,8 +312,9 @@ begin
 end
 $$;
 
--- Applies Stripe's status for a refund: succeeded counts on the order (a full refund voids its tickets);
--- failed or canceled gives the organiser's debit back. Idempotent.
+-- Applies Stripe's status for a refund, idempotently: succeeded counts on the order (a full refund voids
+-- its tickets); failed or canceled gives the organiser's debit back, and undoes the count if the refund
+-- had succeeded before (a bank can refuse a refund later; voided tickets stay void).
 create or replace function private.apply_refund_status(p_refund_id uuid, p_status text, p_stripe_refund_id text)
 returns void
 language plpgsql security definer set search_path = '' as $$
@@ -322,28 +323,31 @@ declare
   v_order events.orders;
   v_organiser uuid;
   v_wallet wallet.wallets;
+  v_refunded integer;
 begin
   select * into v_refund from events.refunds r where r.id = p_refund_id for update;
-  if v_refund.status in ('succeeded', 'failed', 'canceled') or p_status not in ('succeeded', 'failed', 'canceled') then
-    update events.refunds r set stripe_refund_id = coalesce(r.stripe_refund_id, p_stripe_refund_id), updated_at = now()
-    where r.id = p_refund_id;
+  update events.refunds r set stripe_refund_id = coalesce(r.stripe_refund_id, p_stripe_refund_id), updated_at = now()
+  where r.id = p_refund_id;
+  if p_status is not distinct from v_refund.status or p_status not in ('succeeded', 'failed', 'canceled')
+     or v_refund.status in ('failed', 'canceled') then
     return;
   end if;
-  update events.refunds r set status = p_status, stripe_refund_id = coalesce(r.stripe_refund_id, p_stripe_refund_id),
-    updated_at = now()
-  where r.id = p_refund_id;
+  update events.refunds r set status = p_status where r.id = p_refund_id;
   select * into v_order from events.orders o where o.id = v_refund.order_id for update;
-  if p_status = 'succeeded' then
-    update events.orders o
-    set refunded_cents = o.refunded_cents + v_refund.amount_cents,
-        status = case when o.refunded_cents + v_refund.amount_cents = o.total_cents then 'refunded'
-                      else 'partially_refunded' end,
-        updated_at = now()
-    where o.id = v_order.id;
-    if v_order.refunded_cents + v_refund.amount_cents = v_order.total_cents then
-      update events.tickets k set status = 'void' where k.order_id = v_order.id;
-    end if;
-  else
+  v_refunded := v_order.refunded_cents + case
+    when p_status = 'succeeded' then v_refund.amount_cents
+    when v_refund.status = 'succeeded' then -v_refund.amount_cents
+    else 0 end;
+  update events.orders o
+  set refunded_cents = v_refunded,
+      status = case when v_refunded = o.total_cents then 'refunded' when v_refunded > 0 then 'partially_refunded'
+                    else 'paid' end,
+      updated_at = now()
+  where o.id = v_order.id;
+  if v_refunded = v_order.total_cents then
+    update events.tickets k set status = 'void' where k.order_id = v_order.id;
+  end if;
+  if p_status <> 'succeeded' then
     select e.organiser_id into v_organiser from events.events e where e.id = v_order.event_id;
     v_wallet := private.lock_wallet(v_organiser, v_order.currency);
     perform private.post_entry(v_wallet.id, 'adjustment', v_refund.wallet_debit_cents, 'refund_reversal:' || p_refund_id,
