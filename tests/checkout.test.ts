@@ -471,3 +471,25 @@ stackTest("create_event is idempotent on the organiser's key and returns the sam
   );
   assert.equal(anon.status, 401);
 });
+
+stackTest("a first checkout takes 2 database round trips and its replay 1", async () => {
+  const stack = await sharedStack();
+  const token = await stack.userToken(BUYER);
+  const total = () => [...stack.rpcCalls.values()].reduce((a, b) => a + b, 0);
+  const key = uid();
+  const before = total();
+  const first = await call(stack, "enhanced-checkout", gaOrder(1), { key, token });
+  assert.equal(first.status, 201);
+  const afterFirst = total();
+  assert.deepEqual(
+    [
+      afterFirst - before,
+      stack.rpcCalls.get("start_checkout") !== undefined,
+      stack.rpcCalls.get("finish_checkout") !== undefined,
+    ],
+    [2, true, true],
+  );
+  const replay = await call(stack, "enhanced-checkout", gaOrder(1), { key, token });
+  assert.equal(replay.headers.get("idempotent-replayed"), "true");
+  assert.equal(total() - afterFirst, 1);
+});

@@ -227,7 +227,7 @@ end
 $$;
 
 ------------------------------------------------------------------------------------------------------
--- begin_checkout: one transaction creates the order and holds its tickets
+-- begin_checkout: one transaction creates the order and holds its tickets (called by start_checkout)
 ------------------------------------------------------------------------------------------------------
 create or replace function private.order_json(p_order_id uuid) returns jsonb
 language sql stable security definer set search_path = '' as $$
@@ -261,9 +261,10 @@ begin
 end
 $$;
 
-create or replace function public.begin_checkout(
+create or replace function private.begin_checkout(
   p_scope text,
   p_idempotency_key text,
+  p_order_id uuid,
   p_event_id uuid,
   p_items jsonb,
   p_buyer_id uuid default null,
@@ -297,6 +298,11 @@ begin
            from jsonb_to_recordset(p_items) as x (tier_id uuid, quantity integer)) then
       raise exception 'This Idempotency-Key was used for another checkout' using errcode = 'PT422',
         hint = 'idempotency-key-reused';
+    end if;
+    -- Long after the request's own key expired, the same key must not open a paid or expired order again.
+    if exists (select from events.orders o where o.id = v_order_id and o.status <> 'pending') then
+      raise exception 'The checkout of order % is closed', v_order_id using errcode = 'PT409', hint = 'checkout-closed',
+        detail = jsonb_build_object('order_id', v_order_id)::text;
     end if;
     return private.order_json(v_order_id) || jsonb_build_object('replayed', true);
   end if;
@@ -367,10 +373,10 @@ begin
   v_fee := private.service_fee_cents(v_subtotal);
   v_expires := date_trunc('second', now())
     + make_interval(mins => v_settings.hold_minutes, secs => v_settings.hold_grace_seconds);
-  insert into events.orders (event_id, buyer_id, guest_email, currency, subtotal_cents, fee_cents, total_cents,
+  insert into events.orders (id, event_id, buyer_id, guest_email, currency, subtotal_cents, fee_cents, total_cents,
     idempotency_scope, idempotency_key, hold_expires_at)
-  values (p_event_id, p_buyer_id, lower(p_guest_email), v_event.currency, v_subtotal, v_fee, v_subtotal + v_fee,
-    p_scope, p_idempotency_key, v_expires)
+  values (p_order_id, p_event_id, p_buyer_id, lower(p_guest_email), v_event.currency, v_subtotal, v_fee,
+    v_subtotal + v_fee, p_scope, p_idempotency_key, v_expires)
   returning id into v_order_id;
 
   insert into events.order_items (order_id, tier_id, quantity, unit_price_cents)
@@ -474,12 +480,12 @@ revoke execute on function
   private.event_json(uuid),
   private.order_json(uuid),
   private.take_rate_limit(text, integer),
-  private.release_holds(uuid)
+  private.release_holds(uuid),
+  private.begin_checkout(text, text, uuid, uuid, jsonb, uuid, text, text)
 from public, anon, authenticated, service_role;
 
 revoke execute on function
   public.create_event(text, timestamptz, jsonb, text, boolean, text),
-  public.begin_checkout(text, text, uuid, jsonb, uuid, text, text),
   public.complete_checkout_session(uuid, bigint, jsonb),
   public.fail_checkout_session(uuid, bigint, jsonb),
   public.get_order(uuid)
@@ -488,7 +494,6 @@ from public, anon, authenticated;
 grant execute on function public.create_event(text, timestamptz, jsonb, text, boolean, text) to authenticated;
 grant execute on function public.get_order(uuid) to authenticated;
 grant execute on function
-  public.begin_checkout(text, text, uuid, jsonb, uuid, text, text),
   public.complete_checkout_session(uuid, bigint, jsonb),
   public.fail_checkout_session(uuid, bigint, jsonb)
 to service_role;

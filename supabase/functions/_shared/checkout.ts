@@ -1,15 +1,30 @@
 /**
- * Checkout, shared by enhanced-checkout (signed-in buyers) and guest-checkout: the request's
- * Idempotency-Key -> `begin_checkout` (the order and its holds, one transaction, prices from the
- * database) -> one Checkout Session per order through `withStripeIdempotency` -> the session recorded
- * on the order with the operation that created it.
+ * Checkout, shared by enhanced-checkout (signed-in buyers) and guest-checkout: one Checkout Session per
+ * order, in two database round trips (one for a replay).
+ *
+ * The generic layers run as for every endpoint (the Idempotency-Key's contract, then the Stripe
+ * operation's), with stores whose steps are merged into two RPCs:
+ * - `start_checkout`: the key's claim + `begin_checkout` (the order and its holds, prices from the
+ *   database) + the session's parameters (built in SQL from the order) + the Stripe operation's claim;
+ * - `finish_checkout`: the session recorded on the order with its operation + the answer stored for the key.
  * @module
  */
 import { json } from "./http.ts";
-import type { Json } from "./idempotency.ts";
-import { withIdempotencyKey } from "./idempotency_http.ts";
+import {
+  type ClaimRow,
+  generateIdempotencyKey,
+  IDEMPOTENCY_DEFAULTS,
+  type Json,
+  stripeClaimOf,
+} from "./idempotency.ts";
+import {
+  requestClaimOf,
+  type RequestClaimRow,
+  type RequestKeyStore,
+  requestKeyStore,
+  withIdempotencyKey,
+} from "./idempotency_http.ts";
 import { runOperation } from "./operations.ts";
-import type { Stripe } from "./stripe.ts";
 import { rpc } from "./supabase.ts";
 import { z } from "./validate.ts";
 
@@ -33,17 +48,11 @@ export interface Buyer {
   clientIp?: string;
 }
 
-/** An order as `begin_checkout` returns it. */
-interface Order {
-  order_id: string;
-  event_title: string;
-  currency: string;
-  subtotal_cents: number;
-  fee_cents: number;
-  total_cents: number;
-  expires_at: string;
-  buyer_email: string | null;
-  items: { tier_id: string; name: string; quantity: number; unit_price_cents: number }[];
+/** What start_checkout answers: the key's claim, and once acquired the order and the operation's claim. */
+interface Started {
+  request: RequestClaimRow;
+  order?: { order_id: string; total_cents: number };
+  stripe?: ClaimRow;
 }
 
 /** The session fields kept to answer again. */
@@ -63,28 +72,68 @@ export function checkout(
   buyer: Buyer,
   body: z.output<typeof CheckoutBody>,
 ): Promise<Response> {
-  return withIdempotencyKey(req, { scope: buyer.scope, endpoint, payload: body }, async (key) => {
-    const order = await rpc<Order>("begin_checkout", {
-      p_scope: buyer.scope,
-      p_idempotency_key: key,
-      p_event_id: body.event_id,
-      p_items: body.items,
-      p_buyer_id: buyer.userId ?? null,
-      p_guest_email: buyer.guestEmail ?? null,
-      p_client_ip: buyer.clientIp ?? null,
-    });
-    const params = sessionParams(order, body.ui_mode ?? "hosted");
-    const { response } = await runOperation("checkout:create", order.order_id, params as unknown as Json, {
+  let started: Started | undefined;
+  let recorded: { fencingToken: number; session: Json } | undefined;
+  const plain = requestKeyStore();
+  const store: RequestKeyStore = {
+    async claim(scope, key, endpoint, fingerprint, leaseSeconds) {
+      const orderId = crypto.randomUUID(); // used only if this request creates the order
+      started = await rpc<Started>("start_checkout", {
+        p_scope: scope,
+        p_idempotency_key: key,
+        p_endpoint: endpoint,
+        p_fingerprint: fingerprint,
+        p_order_id: orderId,
+        p_stripe_idempotency_key: generateIdempotencyKey("checkout:create", orderId),
+        p_event_id: body.event_id,
+        p_items: body.items,
+        p_ui_mode: body.ui_mode ?? "hosted",
+        p_site_url: Deno.env.get("SITE_URL") ?? "http://localhost:3000",
+        p_buyer_id: buyer.userId ?? null,
+        p_guest_email: buyer.guestEmail ?? null,
+        p_client_ip: buyer.clientIp ?? null,
+        p_request_lease_seconds: leaseSeconds,
+        p_stripe_lease_seconds: IDEMPOTENCY_DEFAULTS.stripeLeaseSeconds,
+      });
+      return requestClaimOf(started.request);
+    },
+    async finish(scope, key, fencingToken, response) {
+      await rpc("finish_checkout", {
+        p_scope: scope,
+        p_idempotency_key: key,
+        p_request_token: fencingToken,
+        p_response_status: response.status,
+        p_response_headers: response.headers,
+        p_response_body: response.body,
+        p_order_id: recorded ? started!.order!.order_id : null,
+        p_stripe_token: recorded?.fencingToken ?? null,
+        p_session: recorded?.session ?? null,
+      });
+    },
+    release: plain.release,
+  };
+
+  return withIdempotencyKey(req, { scope: buyer.scope, endpoint, payload: body, store }, async () => {
+    const { order, stripe } = started!;
+    const { response } = await runOperation("checkout:create", order!.order_id, stripe!.request_params, {
       userId: buyer.userId,
+      claim: stripeClaimOf(stripe!),
+      // recorded by finish_checkout, with the answer
+      complete: (fencingToken, session) => {
+        recorded = { fencingToken, session };
+        return Promise.resolve();
+      },
     });
     const session = response as unknown as SessionFields;
-    if (session.amount_total !== order.total_cents) {
+    if (session.amount_total !== order!.total_cents) {
       throw new Error(
-        `Session ${session.id} charges ${session.amount_total}, order ${order.order_id} totals ${order.total_cents}`,
+        `Session ${session.id} charges ${session.amount_total}, order ${order!.order_id} totals ${
+          order!.total_cents
+        }`,
       );
     }
     return json(201, {
-      order_id: order.order_id,
+      order_id: order!.order_id,
       checkout_session_id: session.id,
       ...(session.url ? { url: session.url } : { client_secret: session.client_secret }),
       expires_at: new Date(session.expires_at * 1000).toISOString(),
@@ -92,35 +141,4 @@ export function checkout(
       currency: session.currency,
     });
   });
-}
-
-/** The Checkout Session for an order: every amount from the order's rows, nothing from the request. */
-export function sessionParams(
-  order: Order,
-  uiMode: "hosted" | "embedded",
-): Stripe.Checkout.SessionCreateParams {
-  const line = (name: string, unitAmount: number, quantity: number) => ({
-    quantity,
-    price_data: { currency: order.currency, unit_amount: unitAmount, product_data: { name } },
-  });
-  const lineItems = order.items.map((i) =>
-    line(`${order.event_title} - ${i.name}`, i.unit_price_cents, i.quantity)
-  );
-  if (order.fee_cents > 0) lineItems.push(line("Service fee", order.fee_cents, 1));
-  const site = (Deno.env.get("SITE_URL") ?? "http://localhost:3000").replace(/\/$/, "");
-  const back = `${site}/orders/${order.order_id}?session_id={CHECKOUT_SESSION_ID}`;
-  return {
-    mode: "payment",
-    ui_mode: uiMode,
-    line_items: lineItems,
-    metadata: { order_id: order.order_id },
-    client_reference_id: order.order_id,
-    expires_at: Math.floor(Date.parse(order.expires_at) / 1000),
-    payment_intent_data: {
-      metadata: { order_id: order.order_id },
-      transfer_group: `order_${order.order_id}`,
-    },
-    ...(order.buyer_email ? { customer_email: order.buyer_email } : {}),
-    ...(uiMode === "hosted" ? { success_url: back } : { return_url: back }),
-  };
 }

@@ -204,29 +204,7 @@ export function stripeOperationStore(client?: SupabaseClient): StripeOperationSt
         p_metadata: op.metadata ?? {},
         p_lease_seconds: leaseSeconds,
       }, client);
-      switch (row.outcome) {
-        case "acquired":
-          return {
-            outcome: "acquired",
-            stripeKey: row.stripe_idempotency_key,
-            fencingToken: row.fencing_token,
-            attempts: row.attempts,
-            params: row.request_params,
-          };
-        case "replay":
-          return row.status === "failed"
-            ? { outcome: "replay", status: "failed", error: row.error as unknown as StripeFailure }
-            : {
-              outcome: "replay",
-              status: "completed",
-              resourceId: row.stripe_resource_id!,
-              response: row.response,
-            };
-        case "in_progress":
-          return { outcome: "in_progress", lockedUntil: row.locked_until! };
-        default:
-          return { outcome: "mismatch" };
-      }
+      return stripeClaimOf(row);
     },
     async complete(op, fencingToken, resourceId, response) {
       await finish("complete_stripe_operation", op, {
@@ -244,7 +222,7 @@ export function stripeOperationStore(client?: SupabaseClient): StripeOperationSt
   };
 }
 
-interface ClaimRow {
+export interface ClaimRow {
   outcome: "acquired" | "replay" | "in_progress" | "mismatch";
   status: "in_progress" | "completed" | "failed" | "needs_attention";
   stripe_idempotency_key: string;
@@ -255,6 +233,35 @@ interface ClaimRow {
   stripe_resource_id: string | null;
   response: Json;
   error: Json;
+}
+
+/** A claim as the claiming RPC answers it (claim_stripe_operation, or a merged RPC that includes it). */
+export function stripeClaimOf(row: ClaimRow): StripeClaim {
+  switch (row.outcome) {
+    case "acquired":
+      return {
+        outcome: "acquired",
+        stripeKey: row.stripe_idempotency_key,
+        fencingToken: row.fencing_token,
+        attempts: row.attempts,
+        params: row.request_params,
+      };
+    case "replay":
+      if (row.status === "needs_attention") return { outcome: "needs_attention" };
+      if (row.status === "failed") {
+        return { outcome: "replay", status: "failed", error: row.error as unknown as StripeFailure };
+      }
+      return {
+        outcome: "replay",
+        status: "completed",
+        resourceId: row.stripe_resource_id!,
+        response: row.response,
+      };
+    case "in_progress":
+      return { outcome: "in_progress", lockedUntil: row.locked_until! };
+    default:
+      return { outcome: "mismatch" };
+  }
 }
 
 /**

@@ -209,21 +209,7 @@ export function requestKeyStore(client?: SupabaseClient): RequestKeyStore {
         p_lease_seconds: leaseSeconds,
         p_ttl_seconds: IDEMPOTENCY_DEFAULTS.requestTtlSeconds,
       }, client);
-      switch (row.outcome) {
-        case "acquired":
-          return { outcome: "acquired", fencingToken: row.fencing_token };
-        case "replay":
-          return {
-            outcome: "replay",
-            status: row.response_status!,
-            headers: row.response_headers ?? {},
-            body: row.response_body!,
-          };
-        case "in_progress":
-          return { outcome: "in_progress" };
-        default:
-          return { outcome: "mismatch" };
-      }
+      return requestClaimOf(row);
     },
     async finish(scope, key, fencingToken, response) {
       await rpc(response.status < 400 ? "complete_idempotency_key" : "fail_idempotency_key", {
@@ -245,11 +231,30 @@ export function requestKeyStore(client?: SupabaseClient): RequestKeyStore {
   };
 }
 
-interface RequestClaimRow {
+export interface RequestClaimRow {
   outcome: "acquired" | "replay" | "in_progress" | "mismatch";
   fencing_token: number;
   locked_until: string | null;
   response_status: number | null;
   response_headers: Record<string, string> | null;
   response_body: string | null;
+}
+
+/** A claim as the claiming RPC answers it (claim_idempotency_key, or a merged RPC that includes it). */
+export function requestClaimOf(row: RequestClaimRow): RequestClaim {
+  switch (row.outcome) {
+    case "acquired":
+      return { outcome: "acquired", fencingToken: row.fencing_token };
+    case "replay":
+      return {
+        outcome: "replay",
+        status: row.response_status!,
+        headers: row.response_headers ?? {},
+        body: row.response_body!,
+      };
+    case "in_progress":
+      return { outcome: "in_progress" };
+    default:
+      return { outcome: "mismatch" };
+  }
 }

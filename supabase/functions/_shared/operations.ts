@@ -79,7 +79,14 @@ export function runOperation(
   type: OperationType,
   id: string,
   params: Json,
-  options: { userId?: string | null; leaseSeconds?: number; claim?: StripeClaim } = {},
+  options: {
+    userId?: string | null;
+    leaseSeconds?: number;
+    /** A claim already made (the reconciler's bulk claim, or a merged RPC such as start_checkout). */
+    claim?: StripeClaim;
+    /** Records the outcome instead of the operation's complete RPC (to merge it into a later RPC). */
+    complete?: (fencingToken: number, response: Json) => Promise<Json | void>;
+  } = {},
 ): Promise<StripeResult> {
   const spec = OPERATIONS[type];
   const op = {
@@ -88,18 +95,16 @@ export function runOperation(
     params: params as { [key: string]: Json },
     userId: options.userId,
   };
+  const record = (fn: string, args: Record<string, unknown>) =>
+    recordOutcome(op, () => rpc<Json>(fn, { [spec.idArg]: id, ...args }));
   const store: StripeOperationStore = {
     ...stripeOperationStore(),
     complete: (_op, token, _resourceId, response) =>
-      recordOutcome(
-        op,
-        () => rpc<Json>(spec.complete, { [spec.idArg]: id, p_fencing_token: token, p_result: response }),
-      ),
+      options.complete
+        ? options.complete(token, response)
+        : record(spec.complete, { p_fencing_token: token, p_result: response }),
     fail: async (_op, token, error) => {
-      await recordOutcome(
-        op,
-        () => rpc(spec.fail, { [spec.idArg]: id, p_fencing_token: token, p_error: error }),
-      );
+      await record(spec.fail, { p_fencing_token: token, p_error: error });
     },
   };
   return withStripeIdempotency(op, (key) => spec.create(stripeClient(), params, key), {
