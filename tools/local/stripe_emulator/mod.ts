@@ -37,6 +37,15 @@ export interface Fault {
   error?: { type: string; code?: string; message: string };
 }
 
+/** Random faults: each API request gets one of `kinds` with `probability` (drawn from `random`). */
+export interface Chaos {
+  probability: number;
+  kinds: Fault["kind"][];
+  /** Latency spikes last up to this long. */
+  maxLatencyMs?: number;
+  random?: () => number;
+}
+
 /** One API request as the emulator saw it. */
 export interface RequestRecord {
   method: string;
@@ -99,6 +108,7 @@ export class StripeEmulator {
   readonly deliveries: Delivery[] = [];
   url = "";
   #faults: (Fault & { left: number })[] = [];
+  #chaos: Chaos | null = null;
   #keys = new Map<string, Entry>();
   #outbox: R.StripeEvent[] = [];
   #offset = 0;
@@ -137,9 +147,15 @@ export class StripeEmulator {
     this.#faults.push({ ...fault, left: fault.times ?? 1 });
   }
 
-  /** Removes every fault still pending. */
+  /** Removes every fault still pending, and stops chaos. */
   clearFaults(): void {
     this.#faults = [];
+    this.#chaos = null;
+  }
+
+  /** Injects random faults into API requests from now on (until `clearFaults`). */
+  setChaos(chaos: Chaos): void {
+    this.#chaos = chaos;
   }
 
   /** Moves the emulator's clock; open sessions whose `expires_at` passed expire (and emit events). */
@@ -485,9 +501,17 @@ export class StripeEmulator {
     const fault = this.#faults.find((f) =>
       f.left > 0 && (!f.method || f.method === method) && (!f.path || path.startsWith(f.path))
     );
-    if (fault) fault.left--;
-    this.#faults = this.#faults.filter((f) => f.left > 0);
-    return fault;
+    if (fault) {
+      fault.left--;
+      this.#faults = this.#faults.filter((f) => f.left > 0);
+      return fault;
+    }
+    const chaos = this.#chaos;
+    if (!chaos || method !== "POST") return undefined;
+    const random = chaos.random ?? Math.random;
+    if (random() >= chaos.probability) return undefined;
+    const kind = chaos.kinds[Math.floor(random() * chaos.kinds.length)];
+    return { kind, ms: Math.floor(random() * (chaos.maxLatencyMs ?? 300)) };
   }
 
   #track(p: Promise<unknown>): void {
