@@ -5,7 +5,6 @@
 // the database. The seed is printed, so a failure can be replayed.
 import assert from "node:assert/strict";
 import { testHooks } from "../supabase/functions/_shared/idempotency.ts";
-import type { Stack } from "../tools/local/stack.ts";
 import {
   type Answer,
   assertLedger,
