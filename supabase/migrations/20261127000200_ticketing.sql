@@ -491,6 +491,9 @@ revoke execute on function
   public.get_order(uuid)
 from public, anon, authenticated;
 
+-- The signed-in users' RPCs: authenticated only (not even the service role, which has no use for them).
+revoke execute on function public.create_event(text, timestamptz, jsonb, text, boolean, text), public.get_order(uuid)
+from service_role;
 grant execute on function public.create_event(text, timestamptz, jsonb, text, boolean, text) to authenticated;
 grant execute on function public.get_order(uuid) to authenticated;
 grant execute on function

@@ -524,6 +524,7 @@ revoke execute on function
   public.get_wallet(text)
 from public, anon, authenticated;
 
+revoke execute on function public.get_wallet(text) from service_role;
 grant execute on function public.get_wallet(text) to authenticated;
 grant execute on function
   public.complete_order_payment(uuid, text, text, integer),
