@@ -5,7 +5,9 @@
  */
 import assert from "node:assert/strict";
 import { createClient, type SupabaseClient } from "npm:@supabase/supabase-js@2.119.1";
+import { testHooks } from "../supabase/functions/_shared/idempotency.ts";
 import type { Stack } from "../tools/local/stack.ts";
+import { sharedStack, stackTest } from "./_helpers.ts";
 
 export const BUYER = "22222222-2222-4222-8222-222222222222";
 export const ORGANISER = "11111111-1111-4111-8111-111111111111";
@@ -140,4 +142,22 @@ export async function assertLedger(stack: Stack): Promise<void> {
     [],
     "refund debits never exceed the sale credit; refunds never exceed paid",
   );
+}
+
+/**
+ * A test on the shared stack that leaves it as it found it (no faults, no hooks, webhooks delivered as they
+ * happen) and checks the ledger's invariants afterwards.
+ */
+export function ledgerTest(name: string, fn: (stack: Stack) => Promise<void>): void {
+  stackTest(name, async () => {
+    const stack = await sharedStack();
+    try {
+      await fn(stack);
+    } finally {
+      delete testHooks.afterStripe;
+      stack.stripe!.options.autoDeliver = true;
+      stack.stripe!.clearFaults();
+    }
+    await assertLedger(stack);
+  });
 }

@@ -3,61 +3,49 @@
 // do what. After every test the ledger invariants hold.
 import assert from "node:assert/strict";
 import { testHooks } from "../supabase/functions/_shared/idempotency.ts";
-import type { Stack } from "../tools/local/stack.ts";
 import {
   type Answer,
-  assertLedger,
   BUYER,
   call,
   clientAs,
+  ledgerTest,
   newOrganiser,
   paidOrder,
   STRANGER,
   uid,
   wallet,
 } from "./_flows.ts";
-import { sharedStack, stackTest } from "./_helpers.ts";
 
-function moneyTest(name: string, fn: (stack: Stack) => Promise<void>) {
-  stackTest(name, async () => {
-    const stack = await sharedStack();
-    try {
-      await fn(stack);
-    } finally {
-      stack.stripe!.clearFaults();
-      delete testHooks.afterStripe;
-    }
-    await assertLedger(stack);
-  });
-}
-
-moneyTest("a paid order credits its organiser once, however often the payment is recorded", async (stack) => {
-  const organiser = await newOrganiser(stack);
-  const order = await paidOrder(stack, organiser, 3);
-  const [session] = [...stack.stripe!.state.sessions.values()].filter((s) =>
-    (s.metadata as Record<string, string>).order_id === order.orderId
-  );
-  const again = await clientAs(stack, stack.serviceRoleKey).rpc("complete_order_payment", {
-    p_order_id: order.orderId,
-    p_stripe_session_id: session.id,
-    p_payment_intent_id: order.paymentIntent,
-    p_amount_total: order.total,
-  });
-  assert.equal(again.data.changed, false);
-  const [counts] = await stack.db.query<{ sales: number; tickets: number; sold: number; held: number }>(
-    `select (select count(*)::int from wallet.wallet_transactions where order_id = $1 and type = 'sale') as sales,
+ledgerTest(
+  "a paid order credits its organiser once, however often the payment is recorded",
+  async (stack) => {
+    const organiser = await newOrganiser(stack);
+    const order = await paidOrder(stack, organiser, 3);
+    const [session] = [...stack.stripe!.state.sessions.values()].filter((s) =>
+      (s.metadata as Record<string, string>).order_id === order.orderId
+    );
+    const again = await clientAs(stack, stack.serviceRoleKey).rpc("complete_order_payment", {
+      p_order_id: order.orderId,
+      p_stripe_session_id: session.id,
+      p_payment_intent_id: order.paymentIntent,
+      p_amount_total: order.total,
+    });
+    assert.equal(again.data.changed, false);
+    const [counts] = await stack.db.query<{ sales: number; tickets: number; sold: number; held: number }>(
+      `select (select count(*)::int from wallet.wallet_transactions where order_id = $1 and type = 'sale') as sales,
        (select count(*)::int from events.tickets where order_id = $1) as tickets,
        t.sold, t.held from events.ticket_tiers t where t.id = $2`,
-    [order.orderId, organiser.tierId],
-  );
-  assert.deepEqual(counts, { sales: 1, tickets: 3, sold: 3, held: 0 });
-  assert.deepEqual(
-    await wallet(organiser),
-    { currency: "usd", balance_cents: 7500, available_cents: 7500, pending_payout_cents: 0 } as never,
-  );
-});
+      [order.orderId, organiser.tierId],
+    );
+    assert.deepEqual(counts, { sales: 1, tickets: 3, sold: 3, held: 0 });
+    assert.deepEqual(
+      await wallet(organiser),
+      { currency: "usd", balance_cents: 7500, available_cents: 7500, pending_payout_cents: 0 } as never,
+    );
+  },
+);
 
-moneyTest(
+ledgerTest(
   "6 concurrent refunds of 40% each: exactly 2 accepted, 2 Stripe refunds, never more than paid",
   async (stack) => {
     const organiser = await newOrganiser(stack);
@@ -93,7 +81,7 @@ moneyTest(
   },
 );
 
-moneyTest("the same refund request repeated (one key, concurrently) is one refund", async (stack) => {
+ledgerTest("the same refund request repeated (one key, concurrently) is one refund", async (stack) => {
   const organiser = await newOrganiser(stack);
   const order = await paidOrder(stack, organiser);
   const key = uid();
@@ -115,7 +103,7 @@ moneyTest("the same refund request repeated (one key, concurrently) is one refun
   assert.equal(atStripe[0].reason, "requested_by_customer");
 });
 
-moneyTest(
+ledgerTest(
   "a full refund voids the tickets; the organiser's debits equal the sale credit exactly",
   async (stack) => {
     const organiser = await newOrganiser(stack);
@@ -150,7 +138,7 @@ moneyTest(
   },
 );
 
-moneyTest(
+ledgerTest(
   "6 concurrent payouts of 40% of available: exactly 2 transfers, available never negative",
   async (stack) => {
     const organiser = await newOrganiser(stack);
@@ -189,7 +177,7 @@ moneyTest(
   },
 );
 
-moneyTest(
+ledgerTest(
   "a refund that crashed after Stripe acted is finished by the retry: one refund, one entry",
   async (stack) => {
     const organiser = await newOrganiser(stack);
@@ -244,7 +232,7 @@ moneyTest(
   },
 );
 
-moneyTest(
+ledgerTest(
   "a payout that crashed after Stripe acted is finished by the retry: one transfer, one entry",
   async (stack) => {
     const organiser = await newOrganiser(stack);
@@ -277,7 +265,7 @@ moneyTest(
   },
 );
 
-moneyTest(
+ledgerTest(
   "a terminal Stripe failure fails the payout and gives the debit back to the cent",
   async (stack) => {
     const organiser = await newOrganiser(stack);
@@ -308,7 +296,7 @@ moneyTest(
   },
 );
 
-moneyTest(
+ledgerTest(
   "a terminal Stripe failure fails the refund and gives the organiser's debit back",
   async (stack) => {
     const organiser = await newOrganiser(stack);
@@ -340,7 +328,7 @@ moneyTest(
   },
 );
 
-moneyTest(
+ledgerTest(
   "who may refund and pay out: buyer, stranger, another event's organiser and anon are refused",
   async (stack) => {
     const organiser = await newOrganiser(stack);
@@ -388,7 +376,7 @@ moneyTest(
   },
 );
 
-moneyTest("a platform admin may refund any order", async (stack) => {
+ledgerTest("a platform admin may refund any order", async (stack) => {
   const organiser = await newOrganiser(stack);
   const order = await paidOrder(stack, organiser);
   const admin = await stack.userToken(STRANGER, { app_metadata: { role: "platform_admin" } });

@@ -5,22 +5,7 @@ import { testHooks } from "../supabase/functions/_shared/idempotency.ts";
 import { stripeClient } from "../supabase/functions/_shared/stripe.ts";
 import type { StripeEvent } from "../tools/local/stripe_emulator/mod.ts";
 import type { Stack } from "../tools/local/stack.ts";
-import { assertLedger, BUYER, call, newOrganiser, openOrder, paidOrder, uid, wallet } from "./_flows.ts";
-import { sharedStack, stackTest } from "./_helpers.ts";
-
-function webhookTest(name: string, fn: (stack: Stack) => Promise<void>) {
-  stackTest(name, async () => {
-    const stack = await sharedStack();
-    try {
-      await fn(stack);
-    } finally {
-      delete testHooks.afterStripe;
-      stack.stripe!.options.autoDeliver = true;
-      stack.stripe!.clearFaults();
-    }
-    await assertLedger(stack);
-  });
-}
+import { BUYER, call, ledgerTest, newOrganiser, openOrder, paidOrder, uid, wallet } from "./_flows.ts";
 
 async function one<T>(stack: Stack, sql: string, params: unknown[] = []): Promise<T> {
   const [row] = await stack.db.query<T>(sql, params);
@@ -68,7 +53,7 @@ async function expireLease(stack: Stack, operationId: string) {
   );
 }
 
-webhookTest(
+ledgerTest(
   "the same completion 8 times (5 at once): paid once, credited once, every delivery 2xx",
   async (stack) => {
     const organiser = await newOrganiser(stack);
@@ -96,7 +81,7 @@ webhookTest(
   },
 );
 
-webhookTest("a forged, missing or stale signature is 400 and nothing is stored", async (stack) => {
+ledgerTest("a forged, missing or stale signature is 400 and nothing is stored", async (stack) => {
   const organiser = await newOrganiser(stack);
   const order = await openOrder(stack, organiser);
   const { event } = await stack.stripe!.paySession(order.sessionId, { hold: true });
@@ -127,7 +112,7 @@ webhookTest("a forged, missing or stale signature is 400 and nothing is stored",
   assert.equal((await post(stack, payload, good)).status, 200, "the genuine delivery still works");
 });
 
-webhookTest("two different events for one session credit the organiser once", async (stack) => {
+ledgerTest("two different events for one session credit the organiser once", async (stack) => {
   const organiser = await newOrganiser(stack);
   const order = await openOrder(stack, organiser);
   const { event } = await stack.stripe!.paySession(order.sessionId, { hold: true });
@@ -148,7 +133,7 @@ webhookTest("two different events for one session credit the organiser once", as
   assert.equal((await wallet(organiser)).balance_cents, 5000);
 });
 
-webhookTest(
+ledgerTest(
   "a completion after the order expired is honoured and flagged when it oversells",
   async (stack) => {
     const organiser = await newOrganiser(stack, { capacity: 2 });
@@ -180,7 +165,7 @@ webhookTest(
   },
 );
 
-webhookTest("an expiry delivered after the completion leaves the order paid", async (stack) => {
+ledgerTest("an expiry delivered after the completion leaves the order paid", async (stack) => {
   const organiser = await newOrganiser(stack);
   const order = await paidOrder(stack, organiser);
   const [session] = [...stack.stripe!.state.sessions.values()].filter((s) => s.id === order.sessionId);
@@ -200,7 +185,7 @@ webhookTest("an expiry delivered after the completion leaves the order paid", as
   });
 });
 
-webhookTest("a session expiry releases the holds of an unpaid order", async (stack) => {
+ledgerTest("a session expiry releases the holds of an unpaid order", async (stack) => {
   const organiser = await newOrganiser(stack, { capacity: 10 });
   const order = await openOrder(stack, organiser, 4);
   await stripeClient().checkout.sessions.expire(order.sessionId);
@@ -211,7 +196,7 @@ webhookTest("a session expiry releases the holds of an unpaid order", async (sta
   assert.equal(tier.held, 0);
 });
 
-webhookTest(
+ledgerTest(
   "a refund event before the refund's own completion: one refund, one debit, consistent order",
   async (stack) => {
     const organiser = await newOrganiser(stack);
@@ -260,7 +245,7 @@ webhookTest(
   },
 );
 
-webhookTest(
+ledgerTest(
   "a refund made in the Stripe dashboard is recorded with its debit; a later failure gives it back",
   async (stack) => {
     const organiser = await newOrganiser(stack);
@@ -302,7 +287,7 @@ webhookTest(
   },
 );
 
-webhookTest(
+ledgerTest(
   "a transfer reversal gives the payout back once, even before the payout's completion",
   async (stack) => {
     const organiser = await newOrganiser(stack);
@@ -346,7 +331,7 @@ webhookTest(
   },
 );
 
-webhookTest("a processing failure answers 500, is stored, and succeeds on redelivery", async (stack) => {
+ledgerTest("a processing failure answers 500, is stored, and succeeds on redelivery", async (stack) => {
   const organiser = await newOrganiser(stack);
   const order = await openOrder(stack, organiser);
   const { event } = await stack.stripe!.paySession(order.sessionId, { hold: true });
@@ -386,7 +371,7 @@ webhookTest("a processing failure answers 500, is stored, and succeeds on redeli
   });
 });
 
-webhookTest("unknown event types are acknowledged, stored and ignored", async (stack) => {
+ledgerTest("unknown event types are acknowledged, stored and ignored", async (stack) => {
   const event: StripeEvent = {
     id: `evt_${uid().replaceAll("-", "")}`,
     object: "event",
@@ -405,7 +390,7 @@ webhookTest("unknown event types are acknowledged, stored and ignored", async (s
 });
 
 for (const kind of ["checkout", "refund", "payout"] as const) {
-  webhookTest(
+  ledgerTest(
     `the reconciler finishes a ${kind} whose function died after Stripe acted, once, even run twice at once`,
     async (stack) => {
       const organiser = await newOrganiser(stack);
@@ -477,7 +462,7 @@ for (const kind of ["checkout", "refund", "payout"] as const) {
   );
 }
 
-webhookTest(
+ledgerTest(
   "the reconciler does not re-send what is older than Stripe's key window: needs_attention",
   async (stack) => {
     const id = uid();
@@ -501,7 +486,7 @@ webhookTest(
   },
 );
 
-webhookTest("the reconciler is for the service role only", async (stack) => {
+ledgerTest("the reconciler is for the service role only", async (stack) => {
   const anon = await call(stack, "stripe-reconcile", {}, { key: null });
   assert.equal(anon.status, 403);
   const user = await call(stack, "stripe-reconcile", {}, { token: await stack.userToken(BUYER), key: null });
