@@ -89,7 +89,7 @@ stackTest(
         key: uid(),
         fn: "guest-checkout",
         token: stack.anonKey,
-        headers: { "x-forwarded-for": `198.51.100.${i}` },
+        headers: { "cf-connecting-ip": `198.51.100.${i}` },
         body: {
           event_id: o.eventId,
           items: [{ tier_id: o.tierId, quantity: 1 }],

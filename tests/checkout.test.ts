@@ -364,7 +364,7 @@ stackTest("guests are rate-limited per email: at least 10 a minute, then 429 wit
   let limited: Answer | undefined;
   for (let i = 0; i < 25 && !limited; i++) {
     const answer = await call(stack, "guest-checkout", { ...gaOrder(1), email }, {
-      headers: { "x-forwarded-for": `10.1.${i}.1` },
+      headers: { "cf-connecting-ip": `10.1.${i}.1` },
     });
     if (answer.status === 201) accepted++;
     else limited = answer;
@@ -392,7 +392,7 @@ stackTest(
         ...gaOrder(1),
         email: `office-${i}-${uid()}@example.com`,
       }, {
-        headers: { "x-forwarded-for": address },
+        headers: { "cf-connecting-ip": address },
       });
       if (answer.status === 201) accepted++;
       else limited = answer;
@@ -404,7 +404,7 @@ stackTest(
             email: "office-replay@example.com",
           }, {
             key,
-            headers: { "x-forwarded-for": address },
+            headers: { "cf-connecting-ip": address },
           });
           if (r > 0) replayed += again.headers.get("idempotent-replayed") === "true" ? 1 : 0;
         }

@@ -1,6 +1,6 @@
 // _shared/http.ts: what every function answers around its own logic.
 import assert from "node:assert/strict";
-import { handler, HttpError, readJson } from "../supabase/functions/_shared/http.ts";
+import { clientAddress, handler, HttpError, readJson } from "../supabase/functions/_shared/http.ts";
 
 const echo = handler(
   "echo",
@@ -60,4 +60,14 @@ Deno.test("a thrown HttpError becomes problem+json with its members; anything el
   const unknown = await failing(new Request("http://x/", { method: "POST" }));
   assert.equal(unknown.status, 500);
   assert.doesNotMatch(await unknown.text(), /hunter2|at .*\.ts/);
+});
+
+Deno.test("clientAddress: Cloudflare's header, else the last X-Forwarded-For hop, never the client's own entries", () => {
+  const req = (headers: Record<string, string>) => new Request("http://x/", { headers });
+  assert.equal(
+    clientAddress(req({ "cf-connecting-ip": "203.0.113.9", "x-forwarded-for": "1.1.1.1" })),
+    "203.0.113.9",
+  );
+  assert.equal(clientAddress(req({ "x-forwarded-for": "6.6.6.6, 198.51.100.7" })), "198.51.100.7");
+  assert.equal(clientAddress(req({})), undefined);
 });

@@ -321,3 +321,27 @@ stackTest("the idempotency RPCs refuse anon and authenticated through the gatewa
     }
   }
 });
+
+stackTest(
+  "a claim never re-sends past Stripe's key window: the operation needs attention instead",
+  async () => {
+    const sql = await pool(2);
+    try {
+      const id = uid();
+      await sql`insert into public.stripe_idempotency_keys (operation_type, operation_id, stripe_idempotency_key, status,
+        request_params, request_fingerprint, locked_until, created_at)
+      values ('refund:create', ${id}, ${"refund:create:" + id + ":old"}, 'in_progress', '{"a": 1}',
+        encode(sha256(convert_to('{"a": 1}', 'UTF8')), 'hex'), now() - interval '1 minute', now() - interval '23 hours 30 minutes')`;
+      const claim = await claim_(sql, id);
+      assert.deepEqual([claim.outcome, claim.status], ["replay", "needs_attention"]);
+      assert.equal((await claim_(sql, id)).status, "needs_attention", "and stays so");
+    } finally {
+      await sql.end();
+    }
+    async function claim_(sql: postgres.Sql, id: string) {
+      const [r] =
+        await sql`select public.claim_stripe_operation('refund:create', ${id}, 'unused', '{"a": 1}') as r`;
+      return r.r as Row;
+    }
+  },
+);

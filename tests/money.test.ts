@@ -383,3 +383,52 @@ ledgerTest("a platform admin may refund any order", async (stack) => {
   const r = await call(stack, "refunds", { order_id: order.orderId, amount_cents: 500 }, { token: admin });
   assert.equal(r.status, 201, r.text);
 });
+
+ledgerTest("an old key resent after its records expired never reaches Stripe again", async (stack) => {
+  const organiser = await newOrganiser(stack);
+  const order = await paidOrder(stack, organiser, 4);
+  const [refundKey, payoutKey] = [uid(), uid()];
+  const refund = await call(stack, "refunds", { order_id: order.orderId, amount_cents: 700 }, {
+    token: organiser.token,
+    key: refundKey,
+  });
+  const payout = await call(stack, "payouts", { amount_cents: 900 }, {
+    token: organiser.token,
+    key: payoutKey,
+  });
+  assert.deepEqual([refund.status, payout.status], [201, 201]);
+  // 24 hours later the request keys are gone; 30 days after completion, the operations' rows too
+  await stack.db.query("delete from public.idempotency_keys where key = any($1)", [[refundKey, payoutKey]]);
+  await stack.db.query("delete from public.stripe_idempotency_keys where operation_id = any($1)", [[
+    refund.body.refund_id,
+    payout.body.payout_id,
+  ]]);
+  const calls = stack.stripe!.requests.length;
+  const refundAgain = await call(stack, "refunds", { order_id: order.orderId, amount_cents: 700 }, {
+    token: organiser.token,
+    key: refundKey,
+  });
+  const payoutAgain = await call(stack, "payouts", { amount_cents: 900 }, {
+    token: organiser.token,
+    key: payoutKey,
+  });
+  assert.deepEqual(
+    [refundAgain.status, refundAgain.body.stripe_refund_id, refundAgain.body.refund_id],
+    [201, refund.body.stripe_refund_id, refund.body.refund_id],
+  );
+  assert.deepEqual([payoutAgain.status, payoutAgain.body.stripe_transfer_id], [
+    201,
+    payout.body.stripe_transfer_id,
+  ]);
+  assert.equal(stack.stripe!.requests.length, calls, "no Stripe call");
+  const other = await call(stack, "payouts", { amount_cents: 901 }, {
+    token: organiser.token,
+    key: payoutKey,
+  });
+  assert.deepEqual([other.status, other.body.type], [422, "/problems/idempotency-key-reused"]);
+  const otherRefund = await call(stack, "refunds", { order_id: order.orderId, amount_cents: 1 }, {
+    token: organiser.token,
+    key: refundKey,
+  });
+  assert.equal(otherRefund.status, 422);
+});

@@ -21,10 +21,10 @@ const EXPECTED_EXECUTE: Record<string, string[]> = {
   "public.complete_checkout_session(uuid,bigint,jsonb)": ["service_role"],
   "public.fail_checkout_session(uuid,bigint,jsonb)": ["service_role"],
   "public.complete_order_payment(uuid,text,text,integer)": ["service_role"],
-  "public.create_refund(text,text,uuid,uuid,boolean,integer,text)": ["service_role"],
+  "public.create_refund(text,text,uuid,text,uuid,uuid,boolean,integer,text,integer)": ["service_role"],
   "public.complete_refund(uuid,bigint,jsonb)": ["service_role"],
   "public.fail_refund(uuid,bigint,jsonb)": ["service_role"],
-  "public.create_payout(text,text,uuid,bigint,text)": ["service_role"],
+  "public.create_payout(text,text,uuid,text,uuid,bigint,text,integer)": ["service_role"],
   "public.complete_payout(uuid,bigint,jsonb)": ["service_role"],
   "public.fail_payout(uuid,bigint,jsonb)": ["service_role"],
   "public.claim_stripe_operation(text,text,text,jsonb,uuid,jsonb,integer)": ["service_role"],
@@ -42,7 +42,7 @@ const EXPECTED_EXECUTE: Record<string, string[]> = {
   ],
   "public.cleanup_expired_idempotency_keys()": ["service_role"],
   "public.handle_stripe_event(jsonb)": ["service_role"],
-  "public.claim_stale_stripe_operations(integer,integer,integer)": ["service_role"],
+  "public.claim_stale_stripe_operations(integer,integer)": ["service_role"],
   "public.reconcile_housekeeping(integer)": ["service_role"],
 };
 

@@ -288,6 +288,31 @@ ledgerTest(
 );
 
 ledgerTest(
+  "a dashboard refund delivered before its payment is recorded is retried, not lost",
+  async (stack) => {
+    const organiser = await newOrganiser(stack);
+    const order = await openOrder(stack, organiser);
+    const { session, event: paid } = await stack.stripe!.paySession(order.sessionId, { hold: true });
+    stack.stripe!.takeEvents();
+    stack.stripe!.options.autoDeliver = false;
+    await stripeClient().refunds.create({ payment_intent: session.payment_intent as string, amount: 800 });
+    const refundEvents = stack.stripe!.takeEvents().filter((e) => e.type === "refund.created");
+    const [early] = await stack.stripe!.deliver(refundEvents);
+    assert.equal(early.status, 500, "not recordable yet: Stripe will deliver it again");
+    assert.deepEqual((await stack.stripe!.deliver([paid])).map((d) => d.status), [200]);
+    const [later] = await stack.stripe!.deliver(refundEvents);
+    assert.equal(later.status, 200);
+    const row = await one<{ amount_cents: number; status: string; refunded: number }>(
+      stack,
+      `select r.amount_cents, r.status, o.refunded_cents as refunded
+     from events.refunds r join events.orders o on o.id = r.order_id where r.order_id = $1`,
+      [order.orderId],
+    );
+    assert.deepEqual(row, { amount_cents: 800, status: "succeeded", refunded: 800 });
+  },
+);
+
+ledgerTest(
   "a transfer reversal gives the payout back once, even before the payout's completion",
   async (stack) => {
     const organiser = await newOrganiser(stack);

@@ -82,6 +82,7 @@ alter table public.stripe_idempotency_keys
     (status = 'in_progress' and locked_until is not null)
     or (status = 'completed' and stripe_resource_id is not null)
     or (status = 'failed' and error is not null)
+    or status = 'needs_attention'
   ),
   drop constraint if exists stripe_idempotency_keys_key_check,
   add constraint stripe_idempotency_keys_key_check check (stripe_idempotency_key ~ '^[[:graph:]]{1,255}$');
@@ -220,6 +221,15 @@ language sql immutable security definer set search_path = '' as $$
   )
 $$;
 
+-- Whether an operation may no longer be re-sent to Stripe: Stripe keeps idempotency keys for 24 hours, so
+-- after 23 a re-sent call might create a second object; and an operation adopted from the old plan has no
+-- stored parameters to re-send. Such operations become needs_attention, for a person to settle.
+create or replace function private.stripe_key_window_passed(p_created_at timestamptz, p_params jsonb)
+returns boolean
+language sql stable security definer set search_path = '' as $$
+  select p_created_at < now() - interval '23 hours' or p_params is null
+$$;
+
 -- Claims an operation before its Stripe call. Outcomes:
 --   acquired    new, or an expired lease taken over (same Stripe key, fencing token + 1, attempts + 1)
 --   replay      completed or failed: the stored result
@@ -280,13 +290,22 @@ begin
     if v_row.locked_until > now() then
       return private.stripe_operation_json(v_row, 'in_progress');
     end if;
+    if private.stripe_key_window_passed(v_row.created_at, v_row.request_params) then
+      update public.stripe_idempotency_keys k
+      set status = 'needs_attention', locked_until = null, updated_at = now(),
+          last_error = 'not re-sent: older than Stripe''s idempotency window or without stored parameters'
+      where k.id = v_row.id and k.status = 'in_progress' and k.locked_until <= now()
+      returning k.* into v_row;
+      if found then
+        return private.stripe_operation_json(v_row, 'replay');
+      end if;
+      continue;
+    end if;
 
     update public.stripe_idempotency_keys k
     set locked_until = now() + make_interval(secs => p_lease_seconds),
         fencing_token = k.fencing_token + 1,
         attempts = k.attempts + 1,
-        request_fingerprint = coalesce(k.request_fingerprint, v_fingerprint),
-        request_params = coalesce(k.request_params, p_params),
         updated_at = now()
     where k.id = v_row.id and k.status = 'in_progress' and k.locked_until <= now()
     returning k.* into v_row;
@@ -719,6 +738,7 @@ $$;
 -- Grants: the service role (the functions' own calls) may execute the RPCs; nobody calls the helpers.
 ------------------------------------------------------------------------------------------------------
 revoke execute on function
+  private.stripe_key_window_passed(timestamptz, jsonb),
   private.stripe_operation_json(public.stripe_idempotency_keys, text),
   private.stripe_holder_refusal(public.stripe_idempotency_keys, text, text, bigint, text),
   private.request_key_json(public.idempotency_keys, text),

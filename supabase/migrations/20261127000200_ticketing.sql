@@ -410,6 +410,20 @@ begin
 end
 $$;
 
+-- An unpaid order whose hold ran out (or whose session expired): expired, holds back on sale.
+create or replace function private.expire_order(p_order_id uuid) returns boolean
+language plpgsql security definer set search_path = '' as $$
+begin
+  perform 1 from events.orders o where o.id = p_order_id and o.status = 'pending' for update;
+  if not found then
+    return false;
+  end if;
+  perform private.release_holds(p_order_id);
+  update events.orders o set status = 'expired', updated_at = now() where o.id = p_order_id;
+  return true;
+end
+$$;
+
 -- Records the Checkout Session of an order with the Stripe operation that created it (one transaction).
 create or replace function public.complete_checkout_session(
   p_order_id uuid,
@@ -442,8 +456,7 @@ create or replace function public.fail_checkout_session(
 language plpgsql security definer set search_path = '' as $$
 begin
   perform public.fail_stripe_operation('checkout:create', p_order_id::text, p_fencing_token, p_error);
-  perform private.release_holds(p_order_id);
-  update events.orders o set status = 'expired', updated_at = now() where o.id = p_order_id and o.status = 'pending';
+  perform private.expire_order(p_order_id);
   return private.order_json(p_order_id);
 end
 $$;
@@ -481,6 +494,7 @@ revoke execute on function
   private.order_json(uuid),
   private.take_rate_limit(text, integer),
   private.release_holds(uuid),
+  private.expire_order(uuid),
   private.begin_checkout(text, text, uuid, uuid, jsonb, uuid, text, text)
 from public, anon, authenticated, service_role;
 

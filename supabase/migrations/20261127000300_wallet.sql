@@ -225,7 +225,7 @@ $$;
 -- never exceed the sale credit.
 create or replace function private.open_refund(
   p_order events.orders, p_amount_cents integer, p_reason text, p_requested_by uuid,
-  p_scope text, p_idempotency_key text, p_stripe_refund_id text
+  p_scope text, p_idempotency_key text, p_stripe_refund_id text, p_refund_id uuid default null
 ) returns uuid
 language plpgsql security definer set search_path = '' as $$
 declare
@@ -242,9 +242,10 @@ begin
     floor(least(v_in_flight + p_amount_cents, p_order.total_cents)::numeric * p_order.subtotal_cents / p_order.total_cents)::integer
       - floor(least(v_in_flight, p_order.total_cents)::numeric * p_order.subtotal_cents / p_order.total_cents)::integer,
     p_order.subtotal_cents - v_debited));
-  insert into events.refunds (order_id, amount_cents, wallet_debit_cents, reason, requested_by, idempotency_scope,
+  insert into events.refunds (id, order_id, amount_cents, wallet_debit_cents, reason, requested_by, idempotency_scope,
     idempotency_key, stripe_refund_id)
-  values (p_order.id, p_amount_cents, v_share, p_reason, p_requested_by, p_scope, p_idempotency_key, p_stripe_refund_id)
+  values (coalesce(p_refund_id, gen_random_uuid()), p_order.id, p_amount_cents, v_share, p_reason, p_requested_by,
+    p_scope, p_idempotency_key, p_stripe_refund_id)
   returning id into v_refund_id;
   select e.organiser_id into v_organiser from events.events e where e.id = p_order.event_id;
   v_wallet := private.lock_wallet(v_organiser, p_order.currency);
@@ -253,62 +254,112 @@ begin
 end
 $$;
 
+-- The Stripe operation of a business row (a refund, a payout), claimed in the caller's transaction. Once
+-- its operation row has been purged (30 days after it finished), the business row is the record: a row
+-- with its Stripe object answers as a replay of it, a settled row without one is closed, and nothing is
+-- ever sent to Stripe again with a new key.
+create or replace function private.claim_row_operation(
+  p_operation_type text, p_operation_id uuid, p_stripe_idempotency_key text, p_params jsonb, p_user_id uuid,
+  p_lease_seconds integer, p_stripe_resource_id text, p_settled boolean
+) returns jsonb
+language plpgsql security definer set search_path = '' as $$
+begin
+  if not exists (select from public.stripe_idempotency_keys k
+                 where k.operation_type = p_operation_type and k.operation_id = p_operation_id::text) then
+    if p_stripe_resource_id is not null then
+      return jsonb_build_object('outcome', 'replay', 'status', 'completed', 'stripe_resource_id', p_stripe_resource_id,
+        'response', jsonb_build_object('id', p_stripe_resource_id));
+    end if;
+    if p_settled then
+      raise exception '% % was settled long ago', p_operation_type, p_operation_id
+        using errcode = 'PT409', hint = 'operation-closed';
+    end if;
+  end if;
+  return public.claim_stripe_operation(p_operation_type, p_operation_id::text, p_stripe_idempotency_key, p_params,
+    p_user_id, '{}', p_lease_seconds);
+end
+$$;
+
+-- The Stripe parameters of a refund: from its row and its order, nothing from the request.
+create or replace function private.refund_params(p_refund_id uuid) returns jsonb
+language sql stable security definer set search_path = '' as $$
+  select jsonb_strip_nulls(jsonb_build_object(
+    'payment_intent', o.stripe_payment_intent_id, 'amount', r.amount_cents, 'reason', r.reason,
+    'metadata', jsonb_build_object('refund_id', r.id, 'order_id', r.order_id)))
+  from events.refunds r join events.orders o on o.id = r.order_id
+  where r.id = p_refund_id
+$$;
+
 -- Requests a refund of a paid order: the organiser of its event or a platform admin; all or part of what
 -- is still refundable (paid - refunded - refunds in flight), under the order's row lock. Creates the
--- refund (pending) and debits the organiser's share from the wallet, in this one transaction.
+-- refund (pending), debits the organiser's share from the wallet and claims the Stripe refund, in this
+-- one transaction: there is no moment when a refund exists without its claimed operation.
 create or replace function public.create_refund(
   p_scope text,
   p_idempotency_key text,
+  p_refund_id uuid,
+  p_stripe_idempotency_key text,
   p_order_id uuid,
   p_requested_by uuid,
   p_is_admin boolean default false,
   p_amount_cents integer default null,
-  p_reason text default null
+  p_reason text default null,
+  p_lease_seconds integer default 60
 ) returns jsonb
 language plpgsql security definer set search_path = '' as $$
 declare
   v_order events.orders;
+  v_refund events.refunds;
   v_organiser uuid;
-  v_refund_id uuid;
   v_in_flight integer;
   v_refundable integer;
   v_amount integer;
 begin
-  select r.id into v_refund_id from events.refunds r
+  select * into v_refund from events.refunds r
   where r.idempotency_scope = p_scope and r.idempotency_key = p_idempotency_key;
   if found then
-    return private.refund_json(v_refund_id) || jsonb_build_object('replayed', true);
+    if v_refund.order_id <> p_order_id or p_amount_cents <> v_refund.amount_cents
+       or coalesce(p_reason, v_refund.reason) is distinct from v_refund.reason then
+      raise exception 'This Idempotency-Key was used for another refund' using errcode = 'PT422',
+        hint = 'idempotency-key-reused';
+    end if;
+  else
+    select o.* into v_order from events.orders o where o.id = p_order_id for update;
+    select e.organiser_id into v_organiser from events.events e where e.id = v_order.event_id;
+    -- Whoever may not refund it does not learn whether the order exists.
+    if v_order.id is null or not (coalesce(p_is_admin, false) or v_organiser = p_requested_by) then
+      raise exception 'Order % not found', p_order_id using errcode = 'PT404', hint = 'order-not-found';
+    end if;
+    if v_order.status not in ('paid', 'partially_refunded') then
+      raise exception 'Order % is %, not paid', p_order_id, v_order.status
+        using errcode = 'PT409', hint = 'order-not-refundable';
+    end if;
+    if p_amount_cents is not null and p_amount_cents <= 0 then
+      raise exception 'A refund must be at least 1 cent' using errcode = 'PT400', hint = 'validation',
+        detail = '{"errors": [{"field": "amount_cents", "message": "must be positive"}]}';
+    end if;
+
+    select coalesce(sum(r.amount_cents), 0) into v_in_flight
+    from events.refunds r where r.order_id = p_order_id and r.status in ('pending', 'succeeded');
+    v_refundable := v_order.total_cents - v_in_flight;
+    v_amount := coalesce(p_amount_cents, v_refundable);
+    if v_amount > v_refundable or v_amount <= 0 then
+      raise exception 'Cannot refund % cents of order %: % cents are refundable (paid %, refunded or in flight %)',
+        v_amount, p_order_id, v_refundable, v_order.total_cents, v_in_flight
+        using errcode = 'PT409', hint = 'refund-exceeds-refundable',
+        detail = jsonb_build_object('requested_cents', v_amount, 'refundable_cents', v_refundable,
+          'paid_cents', v_order.total_cents, 'refunded_or_in_flight_cents', v_in_flight)::text;
+    end if;
+    perform private.open_refund(v_order, v_amount, p_reason, p_requested_by, p_scope, p_idempotency_key, null,
+      p_refund_id);
+    select * into v_refund from events.refunds r where r.id = p_refund_id;
   end if;
 
-  select o.* into v_order from events.orders o where o.id = p_order_id for update;
-  select e.organiser_id into v_organiser from events.events e where e.id = v_order.event_id;
-  -- Whoever may not refund it does not learn whether the order exists.
-  if v_order.id is null or not (coalesce(p_is_admin, false) or v_organiser = p_requested_by) then
-    raise exception 'Order % not found', p_order_id using errcode = 'PT404', hint = 'order-not-found';
-  end if;
-  if v_order.status not in ('paid', 'partially_refunded') then
-    raise exception 'Order % is %, not paid', p_order_id, v_order.status
-      using errcode = 'PT409', hint = 'order-not-refundable';
-  end if;
-  if p_amount_cents is not null and p_amount_cents <= 0 then
-    raise exception 'A refund must be at least 1 cent' using errcode = 'PT400', hint = 'validation',
-      detail = '{"errors": [{"field": "amount_cents", "message": "must be positive"}]}';
-  end if;
-
-  select coalesce(sum(r.amount_cents), 0) into v_in_flight
-  from events.refunds r where r.order_id = p_order_id and r.status in ('pending', 'succeeded');
-  v_refundable := v_order.total_cents - v_in_flight;
-  v_amount := coalesce(p_amount_cents, v_refundable);
-  if v_amount > v_refundable or v_amount <= 0 then
-    raise exception 'Cannot refund % cents of order %: % cents are refundable (paid %, refunded or in flight %)',
-      v_amount, p_order_id, v_refundable, v_order.total_cents, v_in_flight
-      using errcode = 'PT409', hint = 'refund-exceeds-refundable',
-      detail = jsonb_build_object('requested_cents', v_amount, 'refundable_cents', v_refundable,
-        'paid_cents', v_order.total_cents, 'refunded_or_in_flight_cents', v_in_flight)::text;
-  end if;
-
-  v_refund_id := private.open_refund(v_order, v_amount, p_reason, p_requested_by, p_scope, p_idempotency_key, null);
-  return private.refund_json(v_refund_id) || jsonb_build_object('replayed', false);
+  return jsonb_build_object(
+    'refund', private.refund_json(v_refund.id),
+    'stripe', private.claim_row_operation('refund:create', v_refund.id, p_stripe_idempotency_key,
+      private.refund_params(v_refund.id), p_requested_by, p_lease_seconds, v_refund.stripe_refund_id,
+      v_refund.status <> 'pending'));
 end
 $$;
 
@@ -386,60 +437,80 @@ language sql stable security definer set search_path = '' as $$
   from wallet.payouts p where p.id = p_payout_id
 $$;
 
+-- The Stripe parameters of a payout's transfer: from its row, nothing from the request.
+create or replace function private.payout_params(p_payout_id uuid) returns jsonb
+language sql stable security definer set search_path = '' as $$
+  select jsonb_build_object('amount', p.amount_cents, 'currency', p.currency, 'destination', p.destination,
+    'transfer_group', 'payout_' || p.id, 'metadata', jsonb_build_object('payout_id', p.id))
+  from wallet.payouts p where p.id = p_payout_id
+$$;
+
 -- Requests a payout of available balance to the organiser's connected account: under the wallet's row
--- lock, amount <= available; creates the payout (pending) and its debit in this one transaction.
+-- lock, amount <= available; creates the payout (pending) and its debit, and claims the Stripe transfer,
+-- in this one transaction.
 create or replace function public.create_payout(
   p_scope text,
   p_idempotency_key text,
+  p_payout_id uuid,
+  p_stripe_idempotency_key text,
   p_organiser_id uuid,
   p_amount_cents bigint,
-  p_currency text default 'usd'
+  p_currency text default 'usd',
+  p_lease_seconds integer default 60
 ) returns jsonb
 language plpgsql security definer set search_path = '' as $$
 declare
-  v_payout_id uuid;
+  v_payout wallet.payouts;
   v_account events.payout_accounts;
   v_minimum integer;
   v_wallet wallet.wallets;
 begin
-  select p.id into v_payout_id from wallet.payouts p
+  select * into v_payout from wallet.payouts p
   where p.idempotency_scope = p_scope and p.idempotency_key = p_idempotency_key;
   if found then
-    return private.payout_json(v_payout_id) || jsonb_build_object('replayed', true);
+    if v_payout.amount_cents <> p_amount_cents or v_payout.currency <> lower(p_currency) then
+      raise exception 'This Idempotency-Key was used for another payout' using errcode = 'PT422',
+        hint = 'idempotency-key-reused';
+    end if;
+  else
+    select * into v_account from events.payout_accounts a where a.organiser_id = p_organiser_id;
+    if not found then
+      raise exception 'No payout account: connect a Stripe account first' using errcode = 'PT403',
+        hint = 'no-payout-account';
+    end if;
+    if not v_account.payouts_enabled then
+      raise exception 'Payouts are not enabled on % yet', v_account.stripe_account_id using errcode = 'PT409',
+        hint = 'payouts-disabled';
+    end if;
+    select s.payout_minimum_cents into v_minimum from private.settings s;
+    if p_amount_cents is null or p_amount_cents < v_minimum then
+      raise exception 'A payout must be at least % cents', v_minimum using errcode = 'PT400', hint = 'validation',
+        detail = jsonb_build_object('errors', jsonb_build_array(jsonb_build_object('field', 'amount_cents',
+          'message', format('at least %s', v_minimum))))::text;
+    end if;
+
+    v_wallet := private.lock_wallet(p_organiser_id, lower(p_currency));
+    if p_amount_cents > v_wallet.entries_total_cents then
+      raise exception 'Cannot pay out % cents: % cents are available', p_amount_cents,
+        greatest(v_wallet.entries_total_cents, 0) using errcode = 'PT409', hint = 'insufficient-funds',
+        detail = jsonb_build_object('requested_cents', p_amount_cents,
+          'available_cents', greatest(v_wallet.entries_total_cents, 0))::text;
+    end if;
+
+    insert into wallet.payouts (id, organiser_id, wallet_id, amount_cents, currency, destination, idempotency_scope,
+      idempotency_key)
+    values (p_payout_id, p_organiser_id, v_wallet.id, p_amount_cents, v_wallet.currency, v_account.stripe_account_id,
+      p_scope, p_idempotency_key)
+    returning * into v_payout;
+    perform private.post_entry(v_wallet.id, 'payout', -p_amount_cents, 'payout:' || v_payout.id, null, null, v_payout.id);
+    update wallet.wallets w set pending_payout_cents = w.pending_payout_cents + p_amount_cents where w.id = v_wallet.id;
   end if;
 
-  select * into v_account from events.payout_accounts a where a.organiser_id = p_organiser_id;
-  if not found then
-    raise exception 'No payout account: connect a Stripe account first' using errcode = 'PT403',
-      hint = 'no-payout-account';
-  end if;
-  if not v_account.payouts_enabled then
-    raise exception 'Payouts are not enabled on % yet', v_account.stripe_account_id using errcode = 'PT409',
-      hint = 'payouts-disabled';
-  end if;
-  select s.payout_minimum_cents into v_minimum from private.settings s;
-  if p_amount_cents is null or p_amount_cents < v_minimum then
-    raise exception 'A payout must be at least % cents', v_minimum using errcode = 'PT400', hint = 'validation',
-      detail = jsonb_build_object('errors', jsonb_build_array(jsonb_build_object('field', 'amount_cents',
-        'message', format('at least %s', v_minimum))))::text;
-  end if;
-
-  v_wallet := private.lock_wallet(p_organiser_id, lower(p_currency));
-  if p_amount_cents > v_wallet.entries_total_cents then
-    raise exception 'Cannot pay out % cents: % cents are available', p_amount_cents,
-      greatest(v_wallet.entries_total_cents, 0) using errcode = 'PT409', hint = 'insufficient-funds',
-      detail = jsonb_build_object('requested_cents', p_amount_cents,
-        'available_cents', greatest(v_wallet.entries_total_cents, 0))::text;
-  end if;
-
-  insert into wallet.payouts (organiser_id, wallet_id, amount_cents, currency, destination, idempotency_scope,
-    idempotency_key)
-  values (p_organiser_id, v_wallet.id, p_amount_cents, v_wallet.currency, v_account.stripe_account_id, p_scope,
-    p_idempotency_key)
-  returning id into v_payout_id;
-  perform private.post_entry(v_wallet.id, 'payout', -p_amount_cents, 'payout:' || v_payout_id, null, null, v_payout_id);
-  update wallet.wallets w set pending_payout_cents = w.pending_payout_cents + p_amount_cents where w.id = v_wallet.id;
-  return private.payout_json(v_payout_id) || jsonb_build_object('replayed', false);
+  return jsonb_build_object(
+    'payout', private.payout_json(v_payout.id),
+    'stripe', private.claim_row_operation('payout:create', v_payout.id, p_stripe_idempotency_key,
+      private.payout_params(v_payout.id), p_organiser_id, p_lease_seconds, v_payout.stripe_transfer_id,
+      v_payout.status <> 'pending'));
 end
 $$;
 
@@ -504,7 +575,10 @@ $$;
 ------------------------------------------------------------------------------------------------------
 revoke execute on function
   private.refuse_ledger_change(),
-  private.open_refund(events.orders, integer, text, uuid, text, text, text),
+  private.open_refund(events.orders, integer, text, uuid, text, text, text, uuid),
+  private.claim_row_operation(text, uuid, text, jsonb, uuid, integer, text, boolean),
+  private.refund_params(uuid),
+  private.payout_params(uuid),
   private.lock_wallet(uuid, text),
   private.post_entry(uuid, text, bigint, text, uuid, uuid, uuid),
   private.refund_json(uuid),
@@ -515,10 +589,10 @@ from public, anon, authenticated, service_role;
 
 revoke execute on function
   public.complete_order_payment(uuid, text, text, integer),
-  public.create_refund(text, text, uuid, uuid, boolean, integer, text),
+  public.create_refund(text, text, uuid, text, uuid, uuid, boolean, integer, text, integer),
   public.complete_refund(uuid, bigint, jsonb),
   public.fail_refund(uuid, bigint, jsonb),
-  public.create_payout(text, text, uuid, bigint, text),
+  public.create_payout(text, text, uuid, text, uuid, bigint, text, integer),
   public.complete_payout(uuid, bigint, jsonb),
   public.fail_payout(uuid, bigint, jsonb),
   public.get_wallet(text)
@@ -528,10 +602,10 @@ revoke execute on function public.get_wallet(text) from service_role;
 grant execute on function public.get_wallet(text) to authenticated;
 grant execute on function
   public.complete_order_payment(uuid, text, text, integer),
-  public.create_refund(text, text, uuid, uuid, boolean, integer, text),
+  public.create_refund(text, text, uuid, text, uuid, uuid, boolean, integer, text, integer),
   public.complete_refund(uuid, bigint, jsonb),
   public.fail_refund(uuid, bigint, jsonb),
-  public.create_payout(text, text, uuid, bigint, text),
+  public.create_payout(text, text, uuid, text, uuid, bigint, text, integer),
   public.complete_payout(uuid, bigint, jsonb),
   public.fail_payout(uuid, bigint, jsonb)
 to service_role;

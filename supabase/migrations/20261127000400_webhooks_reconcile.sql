@@ -73,33 +73,9 @@ create index if not exists stripe_webhook_events_purge_idx
 alter table public.stripe_webhook_events enable row level security;
 revoke all on table public.stripe_webhook_events from public, anon, authenticated, service_role;
 
--- Operations older than Stripe's key window are not re-sent; an operator looks them up instead.
-alter table public.stripe_idempotency_keys
-  drop constraint if exists stripe_idempotency_keys_state_check,
-  add constraint stripe_idempotency_keys_state_check check (
-    (status = 'in_progress' and locked_until is not null)
-    or (status = 'completed' and stripe_resource_id is not null)
-    or (status = 'failed' and error is not null)
-    or status = 'needs_attention'
-  );
-
 ------------------------------------------------------------------------------------------------------
 -- Effects, each idempotent per Stripe object
 ------------------------------------------------------------------------------------------------------
-
--- An unpaid order whose hold ran out (or whose session expired): expired, holds back on sale.
-create or replace function private.expire_order(p_order_id uuid) returns boolean
-language plpgsql security definer set search_path = '' as $$
-begin
-  perform 1 from events.orders o where o.id = p_order_id and o.status = 'pending' for update;
-  if not found then
-    return false;
-  end if;
-  perform private.release_holds(p_order_id);
-  update events.orders o set status = 'expired', updated_at = now() where o.id = p_order_id;
-  return true;
-end
-$$;
 
 -- A Stripe refund object (ours, by metadata or id; or one made in the dashboard): its status applied.
 create or replace function private.record_stripe_refund(p_refund jsonb) returns jsonb
@@ -120,7 +96,10 @@ begin
     select o.* into v_order from events.orders o where o.stripe_payment_intent_id = p_refund ->> 'payment_intent'
     for update;
     if not found then
-      return jsonb_build_object('ignored', 'no order for payment intent ' || coalesce(p_refund ->> 'payment_intent', 'null'));
+      -- Most likely the payment's own event has not been processed yet: fail, so that Stripe delivers this
+      -- again later, rather than lose a refund.
+      raise exception 'No paid order has payment intent % yet', coalesce(p_refund ->> 'payment_intent', 'null')
+        using errcode = 'PT409';
     end if;
     v_refund_id := private.open_refund(v_order, (p_refund ->> 'amount')::integer, p_refund ->> 'reason', null, null,
       null, p_refund ->> 'id');
@@ -257,16 +236,15 @@ $$;
 
 -- Claims Stripe operations whose lease ran out, for re-sending with their stored key and parameters:
 -- one statement, `for update skip locked`, so concurrent reconcilers share the work without doubling it.
--- Operations older than p_max_age (Stripe keeps keys 24 hours), or without stored parameters (adopted
--- from the old plan), are not re-sent: they become needs_attention.
+-- Those past Stripe's key window (private.stripe_key_window_passed) are not re-sent: they become
+-- needs_attention.
 create or replace function public.claim_stale_stripe_operations(
-  p_limit integer default 50,
-  p_lease_seconds integer default 60,
-  p_max_age_seconds integer default 82800
+  p_limit integer default 25,
+  p_lease_seconds integer default 300
 ) returns jsonb
 language sql security definer set search_path = '' as $$
   with stale as (
-    select k.id, (k.created_at < now() - make_interval(secs => p_max_age_seconds) or k.request_params is null) as too_old
+    select k.id, private.stripe_key_window_passed(k.created_at, k.request_params) as too_old
     from public.stripe_idempotency_keys k
     where k.status = 'in_progress' and k.locked_until <= now()
     order by k.locked_until
@@ -340,7 +318,6 @@ $$;
 -- Grants
 ------------------------------------------------------------------------------------------------------
 revoke execute on function
-  private.expire_order(uuid),
   private.record_stripe_refund(jsonb),
   private.record_transfer_reversal(jsonb),
   private.apply_stripe_event(text, jsonb)
@@ -348,12 +325,12 @@ from public, anon, authenticated, service_role;
 
 revoke execute on function
   public.handle_stripe_event(jsonb),
-  public.claim_stale_stripe_operations(integer, integer, integer),
+  public.claim_stale_stripe_operations(integer, integer),
   public.reconcile_housekeeping(integer)
 from public, anon, authenticated;
 
 grant execute on function
   public.handle_stripe_event(jsonb),
-  public.claim_stale_stripe_operations(integer, integer, integer),
+  public.claim_stale_stripe_operations(integer, integer),
   public.reconcile_housekeeping(integer)
 to service_role;

@@ -64,12 +64,12 @@ export async function createFunctionsHost(
         return unauthorized("Invalid JWT");
       }
     }
-    // Like the platform's gateway, tell the function who is calling.
-    if (!req.headers.has("x-forwarded-for")) {
-      const headers = new Headers(req.headers);
-      headers.set("x-forwarded-for", (info.remoteAddr as Deno.NetAddr).hostname);
-      req = new Request(req.url, { method: req.method, headers, body: req.body });
-    }
+    // Like a proxy in front of the platform, add the caller's address to X-Forwarded-For.
+    const headers = new Headers(req.headers);
+    const peer = (info.remoteAddr as Deno.NetAddr).hostname;
+    const forwarded = req.headers.get("x-forwarded-for");
+    headers.set("x-forwarded-for", forwarded ? `${forwarded}, ${peer}` : peer);
+    req = new Request(req.url, { method: req.method, headers, body: req.body });
     try {
       const handler = await load(name);
       return await handler(req, info);

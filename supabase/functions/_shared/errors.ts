@@ -59,6 +59,8 @@ export class OperationInProgressError extends HttpError {
         headers: { "retry-after": String(retryAfter) },
       },
     );
+    // The request's effects so far stand; the same request is to be retried, not forgotten.
+    this.disposition = "transient";
   }
 }
 

@@ -97,6 +97,19 @@ export function requestIdOf(req: Request): string {
   return given && /^[\w.:-]{1,128}$/.test(given) ? given : crypto.randomUUID();
 }
 
+/**
+ * The client's address, as the platform's edge saw it: `CF-Connecting-IP` (set by Cloudflare in front of
+ * Supabase; a client cannot forge it there), else the last `X-Forwarded-For` hop (the one the nearest proxy
+ * added; earlier entries are whatever the client sent), else the connection's peer.
+ */
+export function clientAddress(req: Request, info?: Deno.ServeHandlerInfo): string | undefined {
+  const cloudflare = req.headers.get("cf-connecting-ip")?.trim();
+  if (cloudflare) return cloudflare;
+  const forwarded = req.headers.get("x-forwarded-for")?.split(",").map((s) => s.trim()).filter(Boolean);
+  if (forwarded?.length) return forwarded[forwarded.length - 1];
+  return (info?.remoteAddr as Deno.NetAddr | undefined)?.hostname;
+}
+
 /** What a handler receives besides the request. */
 export interface Context {
   requestId: string;

@@ -121,13 +121,16 @@ export async function withStripeIdempotency<R extends { id: string }>(
       return { resourceId: claim.resourceId, response: claim.response, replayed: true, recorded: null };
     case "in_progress":
       throw new OperationInProgressError(`Operation '${name}'`, secondsUntil(claim.lockedUntil));
-    case "needs_attention":
-      throw new HttpError(
+    case "needs_attention": {
+      const error = new HttpError(
         409,
         "operation-needs-attention",
         "Operation needs attention",
         `Operation '${name}' stalled beyond Stripe's idempotency window; an operator is resolving it`,
       );
+      error.disposition = "transient"; // the request had effects: its key stays bound to it
+      throw error;
+    }
     case "mismatch":
       throw new Error(`Operation '${name}' was claimed before with other Stripe parameters`);
   }

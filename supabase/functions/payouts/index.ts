@@ -1,8 +1,10 @@
 // POST /functions/v1/payouts: an organiser moves available wallet balance to their Stripe connected
 // account with a Transfer. Body { amount_cents, currency? }; Idempotency-Key required.
-// The limits (payouts enabled, a minimum, never more than available) live in create_payout.
+// create_payout holds the rules (payouts enabled, a minimum, never more than available) and claims the
+// Stripe transfer in the same transaction.
 import { requireUser } from "../_shared/auth.ts";
 import { handler, json, readJson } from "../_shared/http.ts";
+import { type ClaimRow, generateIdempotencyKey, stripeClaimOf } from "../_shared/idempotency.ts";
 import { withIdempotencyKey } from "../_shared/idempotency_http.ts";
 import { runOperation } from "../_shared/operations.ts";
 import { rpc } from "../_shared/supabase.ts";
@@ -16,8 +18,6 @@ const PayoutBody = z.strictObject({
 interface Payout {
   payout_id: string;
   amount_cents: number;
-  currency: string;
-  destination: string;
   status: string;
 }
 
@@ -26,26 +26,28 @@ Deno.serve(handler("payouts", async (req) => {
   const body = parseBody(PayoutBody, await readJson(req));
   const scope = `user:${user.id}`;
   return withIdempotencyKey(req, { scope, endpoint: "payouts", payload: body }, async (key) => {
-    const payout = await rpc<Payout>("create_payout", {
+    const payoutId = crypto.randomUUID(); // used only if this request creates the payout
+    const { payout, stripe } = await rpc<{ payout: Payout; stripe: ClaimRow }>("create_payout", {
       p_scope: scope,
       p_idempotency_key: key,
+      p_payout_id: payoutId,
+      p_stripe_idempotency_key: generateIdempotencyKey("payout:create", payoutId),
       p_organiser_id: user.id,
       p_amount_cents: body.amount_cents,
       p_currency: body.currency ?? "usd",
     });
-    const params = {
-      amount: payout.amount_cents,
-      currency: payout.currency,
-      destination: payout.destination,
-      transfer_group: `payout_${payout.payout_id}`,
-      metadata: { payout_id: payout.payout_id },
-    };
-    const { response, recorded } = await runOperation("payout:create", payout.payout_id, params, {
-      userId: user.id,
-    });
+    const { resourceId, recorded } = await runOperation(
+      "payout:create",
+      payout.payout_id,
+      stripe.request_params,
+      {
+        userId: user.id,
+        claim: stripeClaimOf(stripe),
+      },
+    );
     return json(201, {
       payout_id: payout.payout_id,
-      stripe_transfer_id: (response as { id: string }).id,
+      stripe_transfer_id: resourceId,
       status: ((recorded ?? payout) as Payout).status,
       amount_cents: payout.amount_cents,
     });

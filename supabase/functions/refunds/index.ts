@@ -1,8 +1,10 @@
 // POST /functions/v1/refunds: the organiser of the order's event (or a platform admin) refunds all or
 // part of a paid order. Body { order_id, amount_cents?, reason? }; Idempotency-Key required.
-// The limits (never more than paid - refunded - in flight) and the wallet debit live in create_refund.
+// create_refund holds the rules (never more than paid - refunded - in flight; the wallet debit) and claims
+// the Stripe refund in the same transaction.
 import { requireUser } from "../_shared/auth.ts";
 import { handler, json, readJson } from "../_shared/http.ts";
+import { type ClaimRow, generateIdempotencyKey, stripeClaimOf } from "../_shared/idempotency.ts";
 import { withIdempotencyKey } from "../_shared/idempotency_http.ts";
 import { runOperation } from "../_shared/operations.ts";
 import { rpc } from "../_shared/supabase.ts";
@@ -16,11 +18,8 @@ const RefundBody = z.strictObject({
 
 interface Refund {
   refund_id: string;
-  order_id: string;
   amount_cents: number;
-  reason: string | null;
   status: string;
-  payment_intent: string;
   order_status: string;
 }
 
@@ -29,30 +28,32 @@ Deno.serve(handler("refunds", async (req) => {
   const body = parseBody(RefundBody, await readJson(req));
   const scope = `user:${user.id}`;
   return withIdempotencyKey(req, { scope, endpoint: "refunds", payload: body }, async (key) => {
-    const refund = await rpc<Refund>("create_refund", {
+    const refundId = crypto.randomUUID(); // used only if this request creates the refund
+    const { refund, stripe } = await rpc<{ refund: Refund; stripe: ClaimRow }>("create_refund", {
       p_scope: scope,
       p_idempotency_key: key,
+      p_refund_id: refundId,
+      p_stripe_idempotency_key: generateIdempotencyKey("refund:create", refundId),
       p_order_id: body.order_id,
       p_requested_by: user.id,
       p_is_admin: user.isPlatformAdmin,
       p_amount_cents: body.amount_cents ?? null,
       p_reason: body.reason ?? null,
     });
-    const params = {
-      payment_intent: refund.payment_intent,
-      amount: refund.amount_cents,
-      ...(refund.reason ? { reason: refund.reason } : {}),
-      metadata: { refund_id: refund.refund_id, order_id: refund.order_id },
-    };
-    const { response, recorded } = await runOperation("refund:create", refund.refund_id, params, {
-      userId: user.id,
-    });
-    const stripeRefund = response as { id: string; status: string };
+    const { resourceId, recorded } = await runOperation(
+      "refund:create",
+      refund.refund_id,
+      stripe.request_params,
+      {
+        userId: user.id,
+        claim: stripeClaimOf(stripe),
+      },
+    );
     const state = (recorded ?? refund) as Refund;
     return json(201, {
       refund_id: refund.refund_id,
-      stripe_refund_id: stripeRefund.id,
-      status: stripeRefund.status,
+      stripe_refund_id: resourceId,
+      status: state.status,
       amount_cents: refund.amount_cents,
       order_status: state.order_status,
     });

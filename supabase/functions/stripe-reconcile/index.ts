@@ -24,10 +24,10 @@ interface Claimed {
 
 Deno.serve(handler("stripe-reconcile", async (req, { requestId }) => {
   await requireServiceRole(req);
-  const stale = await rpc<{ claimed: Claimed[]; needs_attention: Json[] }>("claim_stale_stripe_operations", {
-    p_limit: 50,
-    p_lease_seconds: 60,
-  });
+  const stale = await rpc<{ claimed: Claimed[]; needs_attention: Json[] }>(
+    "claim_stale_stripe_operations",
+    {},
+  );
   const redriven = { completed: 0, failed: 0, unknown: 0, errors: 0 };
   for (const op of stale.claimed) {
     const type = op.operation_type as OperationType;
