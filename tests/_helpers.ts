@@ -37,7 +37,7 @@ let shared: Promise<Stack> | undefined;
 export function sharedStack(): Promise<Stack> {
   shared ??= createDatabase("stack").then((databaseUrl) => {
     forgetPreviousStack();
-    return startStack({ databaseUrl, port: 0, emulatorPort: 0, poolSize: 20 });
+    return startStack({ databaseUrl, port: 0, emulatorPort: 0, poolSize: 20, trustClientIpHeader: true });
   });
   return shared;
 }

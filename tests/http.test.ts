@@ -70,4 +70,10 @@ Deno.test("clientAddress: Cloudflare's header, else the last X-Forwarded-For hop
   );
   assert.equal(clientAddress(req({ "x-forwarded-for": "6.6.6.6, 198.51.100.7" })), "198.51.100.7");
   assert.equal(clientAddress(req({})), undefined);
+  assert.equal(
+    clientAddress(req({ "x-forwarded-for": "2001:db8:1:2:aaaa:bbbb:cccc:dddd" })),
+    "2001:db8:1:2::/64",
+  );
+  assert.equal(clientAddress(req({ "x-forwarded-for": "2001:db8::1" })), "2001:db8:0:0::/64");
+  assert.equal(clientAddress(req({ "x-forwarded-for": "::ffff:192.0.2.1" })), "192.0.2.1");
 });

@@ -345,3 +345,22 @@ stackTest(
     }
   },
 );
+
+stackTest("a holder still finishes an operation that was marked needs_attention meanwhile", async () => {
+  const sql = await pool(2);
+  try {
+    const id = uid();
+    const first = await claim(sql, "payout:create", id, { a: 1 }, 1);
+    await sql`update public.stripe_idempotency_keys set created_at = now() - interval '24 hours',
+      locked_until = now() - interval '1 second' where operation_id = ${id}`;
+    const attention = await claim(sql, "payout:create", id, { a: 1 });
+    assert.equal(attention.status, "needs_attention");
+    await sql`select public.complete_stripe_operation('payout:create', ${id}, ${first
+      .fencing_token as number}, 'tr_late')`;
+    const [row] =
+      await sql`select status, stripe_resource_id from public.stripe_idempotency_keys where operation_id = ${id}`;
+    assert.deepEqual({ ...row }, { status: "completed", stripe_resource_id: "tr_late" });
+  } finally {
+    await sql.end();
+  }
+});

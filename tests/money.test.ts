@@ -180,6 +180,8 @@ ledgerTest(
 ledgerTest(
   "a refund that crashed after Stripe acted is finished by the retry: one refund, one entry",
   async (stack) => {
+    // no webhook meanwhile: the retry has only the operation's lease to go by
+    stack.stripe!.options.autoDeliver = false;
     const organiser = await newOrganiser(stack);
     const order = await paidOrder(stack, organiser);
     const key = uid();
@@ -426,9 +428,125 @@ ledgerTest("an old key resent after its records expired never reaches Stripe aga
     key: payoutKey,
   });
   assert.deepEqual([other.status, other.body.type], [422, "/problems/idempotency-key-reused"]);
-  const otherRefund = await call(stack, "refunds", { order_id: order.orderId, amount_cents: 1 }, {
-    token: organiser.token,
-    key: refundKey,
-  });
-  assert.equal(otherRefund.status, 422);
+  for (const body of [{ order_id: order.orderId, amount_cents: 1 }, { order_id: order.orderId }]) {
+    const otherRefund = await call(stack, "refunds", body, { token: organiser.token, key: refundKey });
+    assert.equal(otherRefund.status, 422, `${JSON.stringify(body)}: ${otherRefund.text}`);
+  }
 });
+
+ledgerTest(
+  "an operator settles an operation that needs attention, with its payout or refund, for good",
+  async (stack) => {
+    stack.stripe!.options.autoDeliver = false; // no webhook tells the system what Stripe did
+    const organiser = await newOrganiser(stack);
+    const order = await paidOrder(stack, organiser, 4);
+    const stall = async (fn: string, body: unknown, type: string) => {
+      const key = uid();
+      testHooks.afterStripe = (op) => {
+        if (op.operationType === type) throw new Error("crash after Stripe");
+      };
+      const answer = await call(stack, fn, body, { token: organiser.token, key });
+      delete testHooks.afterStripe;
+      assert.equal(answer.status, 500);
+      // a day passes without a reconciler: Stripe's key window is over
+      await stack.db.query(
+        `update public.stripe_idempotency_keys set created_at = now() - interval '24 hours', locked_until = now()
+       where operation_type = $1 and status = 'in_progress' and user_id = $2`,
+        [type, organiser.id],
+      );
+      return key;
+    };
+    const payoutKey = await stall("payouts", { amount_cents: 1500 }, "payout:create");
+    const refundKey = await stall("refunds", { order_id: order.orderId, amount_cents: 800 }, "refund:create");
+    const report = await call(stack, "stripe-reconcile", {}, { token: stack.serviceRoleKey, key: null });
+    assert.equal((report.body.needs_attention as unknown[]).length, 2);
+    const stuck = await call(stack, "payouts", { amount_cents: 1500 }, {
+      token: organiser.token,
+      key: payoutKey,
+    });
+    assert.deepEqual(
+      [stuck.status, stuck.body.type],
+      [409, "/problems/operation-needs-attention"],
+      stuck.text,
+    );
+
+    const [transfer] = [...stack.stripe!.state.transfers.values()].filter((t) =>
+      t.destination === organiser.account
+    );
+    const [payout] = await stack.db.query<{ id: string }>(
+      "select id from wallet.payouts where organiser_id = $1",
+      [organiser.id],
+    );
+    const [refund] = await stack.db.query<{ id: string }>(
+      "select id from events.refunds where order_id = $1",
+      [order.orderId],
+    );
+    const service = clientAs(stack, stack.serviceRoleKey);
+    const settled = await service.rpc("resolve_stripe_operation", {
+      p_operation_type: "payout:create",
+      p_operation_id: payout.id,
+      p_result: { id: transfer.id },
+    });
+    assert.equal(settled.error, null, JSON.stringify(settled.error));
+    assert.deepEqual([settled.data.status, settled.data.stripe_transfer_id], ["paid", transfer.id]);
+    // the refund was made too, but say the operator found none: failed by hand, its debit given back
+    const failed = await service.rpc("resolve_stripe_operation", {
+      p_operation_type: "refund:create",
+      p_operation_id: refund.id,
+      p_error: { status: 404, type: "operator", message: "no such refund in the dashboard" },
+    });
+    assert.equal(failed.data.status, "failed");
+    assert.deepEqual(await wallet(organiser), {
+      currency: "usd",
+      balance_cents: 10_000 - 1500,
+      available_cents: 10_000 - 1500,
+      pending_payout_cents: 0,
+    });
+
+    // long after, the records are purged; the old keys answer from the rows and never reach Stripe
+    await stack.db.query("delete from public.idempotency_keys where key = any($1)", [[payoutKey, refundKey]]);
+    await stack.db.query("delete from public.stripe_idempotency_keys where operation_id = any($1)", [[
+      payout.id,
+      refund.id,
+    ]]);
+    const calls = stack.stripe!.requests.length;
+    const again = await call(stack, "payouts", { amount_cents: 1500 }, {
+      token: organiser.token,
+      key: payoutKey,
+    });
+    assert.deepEqual([again.status, again.body.stripe_transfer_id], [201, transfer.id]);
+    const closed = await call(stack, "refunds", { order_id: order.orderId, amount_cents: 800 }, {
+      token: organiser.token,
+      key: refundKey,
+    });
+    assert.deepEqual([closed.status, closed.body.type], [409, "/problems/operation-closed"]);
+    assert.equal(stack.stripe!.requests.length, calls);
+  },
+);
+
+ledgerTest(
+  "a pending row whose operation record vanished is never sent again with a new key",
+  async (stack) => {
+    const organiser = await newOrganiser(stack);
+    await paidOrder(stack, organiser);
+    const key = uid();
+    testHooks.afterStripe = () => {
+      throw new Error("crash after Stripe");
+    };
+    assert.equal(
+      (await call(stack, "payouts", { amount_cents: 1000 }, { token: organiser.token, key })).status,
+      500,
+    );
+    delete testHooks.afterStripe;
+    // e.g. settled outside the system with record_stripe_idempotency, then purged: the payout row stays pending
+    await stack.db.query(
+      `delete from public.stripe_idempotency_keys where operation_type = 'payout:create'
+       and operation_id in (select id::text from wallet.payouts where organiser_id = $1)`,
+      [organiser.id],
+    );
+    const calls = stack.stripe!.requests.length;
+    const again = await call(stack, "payouts", { amount_cents: 1000 }, { token: organiser.token, key });
+    assert.deepEqual([again.status, again.body.type], [409, "/problems/operation-needs-attention"]);
+    assert.equal(stack.stripe!.requests.length, calls);
+  },
+);

@@ -359,7 +359,8 @@ begin
       locked_until = null, last_error = null, completed_at = now(), updated_at = now(),
       expires_at = now() + make_interval(days => p_retention_days)
   where k.operation_type = p_operation_type and k.operation_id = p_operation_id
-    and k.status = 'in_progress' and k.fencing_token = p_fencing_token
+    -- needs_attention too: a late holder's answer (or an operator's) still settles it
+    and k.status in ('in_progress', 'needs_attention') and k.fencing_token = p_fencing_token
   returning k.* into v_row;
   if found then
     return private.stripe_operation_json(v_row, 'completed');
@@ -396,7 +397,7 @@ begin
   set status = 'failed', error = p_error, locked_until = null, last_error = p_error ->> 'message',
       completed_at = now(), updated_at = now(), expires_at = now() + make_interval(days => p_retention_days)
   where k.operation_type = p_operation_type and k.operation_id = p_operation_id
-    and k.status = 'in_progress' and k.fencing_token = p_fencing_token
+    and k.status in ('in_progress', 'needs_attention') and k.fencing_token = p_fencing_token
   returning k.* into v_row;
   if found then
     return private.stripe_operation_json(v_row, 'failed');

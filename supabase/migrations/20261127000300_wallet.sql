@@ -60,6 +60,8 @@ create table if not exists events.refunds (
   id uuid primary key default gen_random_uuid(),
   order_id uuid not null references events.orders (id),
   amount_cents integer not null check (amount_cents > 0),
+  -- what the request asked for (null: all that was refundable), to recognise a resent request
+  requested_amount_cents integer,
   -- the organiser's share, debited from the wallet when the refund is requested
   wallet_debit_cents integer not null check (wallet_debit_cents >= 0),
   reason text check (reason in ('duplicate', 'fraudulent', 'requested_by_customer')),
@@ -225,7 +227,8 @@ $$;
 -- never exceed the sale credit.
 create or replace function private.open_refund(
   p_order events.orders, p_amount_cents integer, p_reason text, p_requested_by uuid,
-  p_scope text, p_idempotency_key text, p_stripe_refund_id text, p_refund_id uuid default null
+  p_scope text, p_idempotency_key text, p_stripe_refund_id text, p_refund_id uuid default null,
+  p_requested_amount_cents integer default null
 ) returns uuid
 language plpgsql security definer set search_path = '' as $$
 declare
@@ -242,10 +245,10 @@ begin
     floor(least(v_in_flight + p_amount_cents, p_order.total_cents)::numeric * p_order.subtotal_cents / p_order.total_cents)::integer
       - floor(least(v_in_flight, p_order.total_cents)::numeric * p_order.subtotal_cents / p_order.total_cents)::integer,
     p_order.subtotal_cents - v_debited));
-  insert into events.refunds (id, order_id, amount_cents, wallet_debit_cents, reason, requested_by, idempotency_scope,
-    idempotency_key, stripe_refund_id)
-  values (coalesce(p_refund_id, gen_random_uuid()), p_order.id, p_amount_cents, v_share, p_reason, p_requested_by,
-    p_scope, p_idempotency_key, p_stripe_refund_id)
+  insert into events.refunds (id, order_id, amount_cents, requested_amount_cents, wallet_debit_cents, reason,
+    requested_by, idempotency_scope, idempotency_key, stripe_refund_id)
+  values (coalesce(p_refund_id, gen_random_uuid()), p_order.id, p_amount_cents, p_requested_amount_cents, v_share,
+    p_reason, p_requested_by, p_scope, p_idempotency_key, p_stripe_refund_id)
   returning id into v_refund_id;
   select e.organiser_id into v_organiser from events.events e where e.id = p_order.event_id;
   v_wallet := private.lock_wallet(v_organiser, p_order.currency);
@@ -254,25 +257,32 @@ begin
 end
 $$;
 
--- The Stripe operation of a business row (a refund, a payout), claimed in the caller's transaction. Once
--- its operation row has been purged (30 days after it finished), the business row is the record: a row
--- with its Stripe object answers as a replay of it, a settled row without one is closed, and nothing is
--- ever sent to Stripe again with a new key.
+-- The Stripe operation of a business row (a refund, a payout), claimed in the caller's transaction. The
+-- business row decides first: with its Stripe object it answers as a replay of it, settled without one it
+-- is closed. Only a row created in this same transaction may create its operation (and so a Stripe key);
+-- an older row's operation is claimed only if it still exists, locked against a concurrent purge. A row
+-- whose operation is gone without a result needs a person: nothing is ever sent again with a new key.
 create or replace function private.claim_row_operation(
   p_operation_type text, p_operation_id uuid, p_stripe_idempotency_key text, p_params jsonb, p_user_id uuid,
-  p_lease_seconds integer, p_stripe_resource_id text, p_settled boolean
+  p_lease_seconds integer, p_stripe_resource_id text, p_settled boolean, p_new boolean
 ) returns jsonb
 language plpgsql security definer set search_path = '' as $$
 begin
-  if not exists (select from public.stripe_idempotency_keys k
-                 where k.operation_type = p_operation_type and k.operation_id = p_operation_id::text) then
-    if p_stripe_resource_id is not null then
-      return jsonb_build_object('outcome', 'replay', 'status', 'completed', 'stripe_resource_id', p_stripe_resource_id,
-        'response', jsonb_build_object('id', p_stripe_resource_id));
-    end if;
-    if p_settled then
-      raise exception '% % was settled long ago', p_operation_type, p_operation_id
-        using errcode = 'PT409', hint = 'operation-closed';
+  if p_stripe_resource_id is not null then
+    return jsonb_build_object('outcome', 'replay', 'status', 'completed', 'stripe_resource_id', p_stripe_resource_id,
+      'response', jsonb_build_object('id', p_stripe_resource_id));
+  end if;
+  if p_settled then
+    raise exception '% % was settled without a Stripe object', p_operation_type, p_operation_id
+      using errcode = 'PT409', hint = 'operation-closed';
+  end if;
+  if not p_new then
+    perform 1 from public.stripe_idempotency_keys k
+    where k.operation_type = p_operation_type and k.operation_id = p_operation_id::text
+    for update;
+    if not found then
+      raise exception '% % has no record of its Stripe call; an operator must settle it', p_operation_type,
+        p_operation_id using errcode = 'PT409', hint = 'operation-needs-attention';
     end if;
   end if;
   return public.claim_stripe_operation(p_operation_type, p_operation_id::text, p_stripe_idempotency_key, p_params,
@@ -318,8 +328,8 @@ begin
   select * into v_refund from events.refunds r
   where r.idempotency_scope = p_scope and r.idempotency_key = p_idempotency_key;
   if found then
-    if v_refund.order_id <> p_order_id or p_amount_cents <> v_refund.amount_cents
-       or coalesce(p_reason, v_refund.reason) is distinct from v_refund.reason then
+    if v_refund.order_id <> p_order_id or p_amount_cents is distinct from v_refund.requested_amount_cents
+       or p_reason is distinct from v_refund.reason then
       raise exception 'This Idempotency-Key was used for another refund' using errcode = 'PT422',
         hint = 'idempotency-key-reused';
     end if;
@@ -351,7 +361,7 @@ begin
           'paid_cents', v_order.total_cents, 'refunded_or_in_flight_cents', v_in_flight)::text;
     end if;
     perform private.open_refund(v_order, v_amount, p_reason, p_requested_by, p_scope, p_idempotency_key, null,
-      p_refund_id);
+      p_refund_id, p_amount_cents);
     select * into v_refund from events.refunds r where r.id = p_refund_id;
   end if;
 
@@ -359,7 +369,7 @@ begin
     'refund', private.refund_json(v_refund.id),
     'stripe', private.claim_row_operation('refund:create', v_refund.id, p_stripe_idempotency_key,
       private.refund_params(v_refund.id), p_requested_by, p_lease_seconds, v_refund.stripe_refund_id,
-      v_refund.status <> 'pending'));
+      v_refund.status <> 'pending', v_refund.id = p_refund_id));
 end
 $$;
 
@@ -510,7 +520,7 @@ begin
     'payout', private.payout_json(v_payout.id),
     'stripe', private.claim_row_operation('payout:create', v_payout.id, p_stripe_idempotency_key,
       private.payout_params(v_payout.id), p_organiser_id, p_lease_seconds, v_payout.stripe_transfer_id,
-      v_payout.status <> 'pending'));
+      v_payout.status <> 'pending', v_payout.id = p_payout_id));
 end
 $$;
 
@@ -575,8 +585,8 @@ $$;
 ------------------------------------------------------------------------------------------------------
 revoke execute on function
   private.refuse_ledger_change(),
-  private.open_refund(events.orders, integer, text, uuid, text, text, text, uuid),
-  private.claim_row_operation(text, uuid, text, jsonb, uuid, integer, text, boolean),
+  private.open_refund(events.orders, integer, text, uuid, text, text, text, uuid, integer),
+  private.claim_row_operation(text, uuid, text, jsonb, uuid, integer, text, boolean, boolean),
   private.refund_params(uuid),
   private.payout_params(uuid),
   private.lock_wallet(uuid, text),

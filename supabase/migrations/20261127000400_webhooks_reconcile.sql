@@ -96,10 +96,14 @@ begin
     select o.* into v_order from events.orders o where o.stripe_payment_intent_id = p_refund ->> 'payment_intent'
     for update;
     if not found then
-      -- Most likely the payment's own event has not been processed yet: fail, so that Stripe delivers this
-      -- again later, rather than lose a refund.
-      raise exception 'No paid order has payment intent % yet', coalesce(p_refund ->> 'payment_intent', 'null')
-        using errcode = 'PT409';
+      -- Most likely the payment's own event has not been processed yet: while the refund is young, fail, so
+      -- that Stripe delivers it again rather than lose it. An old one belongs to another integration on the
+      -- same Stripe account: acknowledged and ignored (the event stays on record).
+      if to_timestamp((p_refund ->> 'created')::bigint) > now() - interval '6 hours' then
+        raise exception 'No paid order has payment intent % yet', coalesce(p_refund ->> 'payment_intent', 'null')
+          using errcode = 'PT409';
+      end if;
+      return jsonb_build_object('ignored', 'no order for payment intent ' || coalesce(p_refund ->> 'payment_intent', 'null'));
     end if;
     v_refund_id := private.open_refund(v_order, (p_refund ->> 'amount')::integer, p_refund ->> 'reason', null, null,
       null, p_refund ->> 'id');
@@ -314,6 +318,49 @@ begin
 end
 $$;
 
+-- For an operator: settles an operation that needs attention (or whose holder vanished) with what the
+-- Stripe dashboard shows - the object (p_result, e.g. {"id": "re_...", "status": "succeeded"}) or why there
+-- is none (p_error) - through the same RPCs as the functions, so the order, refund or payout is settled
+-- in the same transaction.
+create or replace function public.resolve_stripe_operation(
+  p_operation_type text,
+  p_operation_id text,
+  p_result jsonb default null,
+  p_error jsonb default null
+) returns jsonb
+language plpgsql security definer set search_path = '' as $$
+declare
+  v_row public.stripe_idempotency_keys;
+  v_ok boolean := p_result is not null;
+begin
+  if (p_result is null) = (p_error is null) then
+    raise exception 'Give either the Stripe object (p_result) or why there is none (p_error)' using errcode = '22023';
+  end if;
+  select * into v_row from public.stripe_idempotency_keys k
+  where k.operation_type = p_operation_type and k.operation_id = p_operation_id
+  for update;
+  if not found or v_row.status not in ('needs_attention', 'in_progress')
+     or (v_row.status = 'in_progress' and v_row.locked_until > now()) then
+    raise exception 'Operation %/% is %: nothing to resolve', p_operation_type, p_operation_id,
+      coalesce(v_row.status, 'unknown') using errcode = 'PT409';
+  end if;
+  case p_operation_type
+    when 'checkout:create' then
+      return case when v_ok then public.complete_checkout_session(p_operation_id::uuid, v_row.fencing_token, p_result)
+                  else public.fail_checkout_session(p_operation_id::uuid, v_row.fencing_token, p_error) end;
+    when 'refund:create' then
+      return case when v_ok then public.complete_refund(p_operation_id::uuid, v_row.fencing_token, p_result)
+                  else public.fail_refund(p_operation_id::uuid, v_row.fencing_token, p_error) end;
+    when 'payout:create' then
+      return case when v_ok then public.complete_payout(p_operation_id::uuid, v_row.fencing_token, p_result)
+                  else public.fail_payout(p_operation_id::uuid, v_row.fencing_token, p_error) end;
+    else
+      raise exception 'No business row for operation type %: use record_stripe_idempotency', p_operation_type
+        using errcode = '22023';
+  end case;
+end
+$$;
+
 ------------------------------------------------------------------------------------------------------
 -- Grants
 ------------------------------------------------------------------------------------------------------
@@ -324,12 +371,14 @@ revoke execute on function
 from public, anon, authenticated, service_role;
 
 revoke execute on function
+  public.resolve_stripe_operation(text, text, jsonb, jsonb),
   public.handle_stripe_event(jsonb),
   public.claim_stale_stripe_operations(integer, integer),
   public.reconcile_housekeeping(integer)
 from public, anon, authenticated;
 
 grant execute on function
+  public.resolve_stripe_operation(text, text, jsonb, jsonb),
   public.handle_stripe_event(jsonb),
   public.claim_stale_stripe_operations(integer, integer),
   public.reconcile_housekeeping(integer)

@@ -20,6 +20,11 @@ export interface FunctionsHostOptions {
   jwtSecret: string;
   /** Receives what a function threw (the caller gets a bare 500). */
   onError?: (name: string, error: unknown) => void;
+  /**
+   * Let callers set `CF-Connecting-IP` (tests, to act as many clients). By default it is removed, as
+   * Cloudflare replaces it in front of the platform.
+   */
+  trustClientIpHeader?: boolean;
 }
 
 /** The parsed `config.toml` as far as the local stack reads it. */
@@ -64,8 +69,10 @@ export async function createFunctionsHost(
         return unauthorized("Invalid JWT");
       }
     }
-    // Like a proxy in front of the platform, add the caller's address to X-Forwarded-For.
+    // Like the edge in front of the platform: the caller's address is appended to X-Forwarded-For, and a
+    // CF-Connecting-IP the caller made up is dropped.
     const headers = new Headers(req.headers);
+    if (!options.trustClientIpHeader) headers.delete("cf-connecting-ip");
     const peer = (info.remoteAddr as Deno.NetAddr).hostname;
     const forwarded = req.headers.get("x-forwarded-for");
     headers.set("x-forwarded-for", forwarded ? `${forwarded}, ${peer}` : peer);

@@ -28,6 +28,8 @@ export interface StackOptions {
   emulatorPort?: number;
   /** Connections in the database pool (`DB_POOL_SIZE`, default 10). */
   poolSize?: number;
+  /** Keep a caller's `CF-Connecting-IP` (tests acting as many clients); the edge's behaviour drops it. */
+  trustClientIpHeader?: boolean;
   /** The `supabase` folder to serve (`SUPABASE_DIR`, default the project's): config.toml, migrations, seed.sql, functions/. */
   supabaseDir?: string;
 }
@@ -99,6 +101,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   const functions = await createFunctionsHost({
     supabaseDir,
     jwtSecret,
+    trustClientIpHeader: options.trustClientIpHeader,
     onError: (name, e) =>
       console.error(
         JSON.stringify({ level: "error", msg: "function threw", function: name, error: String(e) }),

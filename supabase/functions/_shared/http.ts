@@ -99,15 +99,29 @@ export function requestIdOf(req: Request): string {
 
 /**
  * The client's address, as the platform's edge saw it: `CF-Connecting-IP` (set by Cloudflare in front of
- * Supabase; a client cannot forge it there), else the last `X-Forwarded-For` hop (the one the nearest proxy
- * added; earlier entries are whatever the client sent), else the connection's peer.
+ * Supabase, which a client cannot forge there; ignored when `TRUST_CF_CONNECTING_IP=false`, for
+ * deployments without Cloudflare), else the last `X-Forwarded-For` hop (the one the nearest proxy added;
+ * earlier entries are whatever the client sent), else the connection's peer. An IPv6 address counts as
+ * its /64, which one client usually holds whole.
  */
 export function clientAddress(req: Request, info?: Deno.ServeHandlerInfo): string | undefined {
-  const cloudflare = req.headers.get("cf-connecting-ip")?.trim();
-  if (cloudflare) return cloudflare;
+  const trustCloudflare = Deno.env.get("TRUST_CF_CONNECTING_IP") !== "false";
+  const cloudflare = trustCloudflare ? req.headers.get("cf-connecting-ip")?.trim() : undefined;
   const forwarded = req.headers.get("x-forwarded-for")?.split(",").map((s) => s.trim()).filter(Boolean);
-  if (forwarded?.length) return forwarded[forwarded.length - 1];
-  return (info?.remoteAddr as Deno.NetAddr | undefined)?.hostname;
+  const address = cloudflare || forwarded?.at(-1) || (info?.remoteAddr as Deno.NetAddr | undefined)?.hostname;
+  return address && address.includes(":") ? ipv6Prefix(address) : address;
+}
+
+/** `2001:db8:1:2:3:4:5:6` -> `2001:db8:1:2::/64`; an IPv4-mapped address -> its IPv4 address. */
+function ipv6Prefix(address: string): string {
+  const bare = address.replace(/^\[|\]$/g, "").split("%")[0].toLowerCase();
+  const mapped = bare.match(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/);
+  if (mapped) return mapped[1];
+  const [head, tail] = bare.includes("::") ? bare.split("::") : [bare, undefined];
+  const left = head ? head.split(":") : [];
+  const right = tail ? tail.split(":") : [];
+  const groups = [...left, ...Array(Math.max(0, 8 - left.length - right.length)).fill("0"), ...right];
+  return `${groups.slice(0, 4).map((g) => (parseInt(g, 16) || 0).toString(16)).join(":")}::/64`;
 }
 
 /** What a handler receives besides the request. */
