@@ -3,6 +3,7 @@
 // under concurrent buyers, prices from the database only, bad input refused without writes, guests.
 import assert from "node:assert/strict";
 import { createClient } from "npm:@supabase/supabase-js@2.119.1";
+import { testHooks } from "../supabase/functions/_shared/idempotency.ts";
 import type { Stack } from "../tools/local/stack.ts";
 import { type Answer, BUYER, call, ORGANISER, STRANGER, uid } from "./_flows.ts";
 import { sharedStack, stackTest } from "./_helpers.ts";
@@ -493,3 +494,40 @@ stackTest("a first checkout takes 2 database round trips and its replay 1", asyn
   assert.equal(replay.headers.get("idempotent-replayed"), "true");
   assert.equal(total() - afterFirst, 1);
 });
+
+stackTest(
+  "a checkout whose Stripe operation was taken over meanwhile answers 409, and its retry gets the one session",
+  async () => {
+    const stack = await sharedStack();
+    const token = await stack.userToken(BUYER);
+    const key = uid();
+    // while this request waits on Stripe, another holder takes the operation over (its lease ran out)
+    testHooks.afterStripe = async (op) => {
+      await stack.db.query(
+        "update public.stripe_idempotency_keys set fencing_token = fencing_token + 1 where operation_id = $1",
+        [op.operationId],
+      );
+    };
+    let first: Answer;
+    try {
+      first = await call(stack, "enhanced-checkout", gaOrder(1), { key, token });
+    } finally {
+      delete testHooks.afterStripe;
+    }
+    assert.deepEqual([first.status, first.body.type], [409, "/problems/operation-in-progress"], first.text);
+    // time passes: both leases run out, and the client retries with its key
+    await stack.db.query("update public.idempotency_keys set locked_until = now() where key = $1", [key]);
+    const [order] = await stack.db.query<{ id: string }>(
+      "select id from events.orders where idempotency_key = $1",
+      [key],
+    );
+    await stack.db.query(
+      "update public.stripe_idempotency_keys set locked_until = now() where operation_id = $1",
+      [order.id],
+    );
+    const retry = await call(stack, "enhanced-checkout", gaOrder(1), { key, token });
+    assert.equal(retry.status, 201, retry.text);
+    assert.equal(sessionsOf(stack, order.id).length, 1);
+    assert.deepEqual(sessionsOf(stack, order.id).map((s) => s.id), [retry.body.checkout_session_id]);
+  },
+);

@@ -15,6 +15,7 @@ import {
   generateIdempotencyKey,
   IDEMPOTENCY_DEFAULTS,
   type Json,
+  recordOutcome,
   stripeClaimOf,
 } from "./idempotency.ts";
 import {
@@ -98,17 +99,22 @@ export function checkout(
       return requestClaimOf(started.request);
     },
     async finish(scope, key, fencingToken, response) {
-      await rpc("finish_checkout", {
-        p_scope: scope,
-        p_idempotency_key: key,
-        p_request_token: fencingToken,
-        p_response_status: response.status,
-        p_response_headers: response.headers,
-        p_response_body: response.body,
-        p_order_id: recorded ? started!.order!.order_id : null,
-        p_stripe_token: recorded?.fencingToken ?? null,
-        p_session: recorded?.session ?? null,
-      });
+      const finish = () =>
+        rpc("finish_checkout", {
+          p_scope: scope,
+          p_idempotency_key: key,
+          p_request_token: fencingToken,
+          p_response_status: response.status,
+          p_response_headers: response.headers,
+          p_response_body: response.body,
+          p_order_id: recorded ? started!.order!.order_id : null,
+          p_stripe_token: recorded?.fencingToken ?? null,
+          p_session: recorded?.session ?? null,
+        });
+      // a newer holder of the operation (our lease ran out) records it instead: the answer is 409, retry
+      await (recorded
+        ? recordOutcome({ operationType: "checkout:create", operationId: started!.order!.order_id }, finish)
+        : finish());
     },
     release: plain.release,
   };

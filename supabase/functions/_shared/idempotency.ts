@@ -271,7 +271,10 @@ export function stripeClaimOf(row: ClaimRow): StripeClaim {
  * Runs a finishing RPC (complete, fail, release, or a business RPC that includes one). A refusal
  * (`PT409`: a newer holder took the operation over) means the operation is in progress elsewhere.
  */
-export async function recordOutcome<T>(op: StripeOperation, call: () => Promise<T>): Promise<T> {
+export async function recordOutcome<T>(
+  op: Pick<StripeOperation, "operationType" | "operationId">,
+  call: () => Promise<T>,
+): Promise<T> {
   try {
     return await call();
   } catch (e) {
