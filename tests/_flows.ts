@@ -111,6 +111,21 @@ export async function paidOrder(stack: Stack, organiser: Organiser, quantity = 2
   return { ...order, paymentIntent: session.payment_intent as string };
 }
 
+/** Everything a refused request must leave as it was. */
+export async function footprint(stack: Stack) {
+  const [row] = await stack.db.query<Record<string, number>>(`select
+    (select count(*)::int from events.orders) as orders,
+    (select count(*)::int from events.holds) as holds,
+    (select count(*)::int from events.refunds) as refunds,
+    (select count(*)::int from wallet.payouts) as payouts,
+    (select count(*)::int from wallet.wallet_transactions) as entries,
+    (select count(*)::int from public.idempotency_keys) as request_keys,
+    (select count(*)::int from public.stripe_idempotency_keys) as stripe_operations,
+    (select count(*)::int from public.stripe_webhook_events) as webhook_events,
+    (select count(*)::int from private.rate_limits) as rate_limits`);
+  return { ...row, stripe_calls: stack.stripe!.requests.length };
+}
+
 /** The organiser's wallet, as get_wallet() answers it. */
 export async function wallet(organiser: { client: SupabaseClient }) {
   const { data, error } = await organiser.client.rpc("get_wallet");

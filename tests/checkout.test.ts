@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { createClient } from "npm:@supabase/supabase-js@2.119.1";
 import { testHooks } from "../supabase/functions/_shared/idempotency.ts";
 import type { Stack } from "../tools/local/stack.ts";
-import { type Answer, BUYER, call, ORGANISER, STRANGER, uid } from "./_flows.ts";
+import { type Answer, BUYER, call, footprint, newOrganiser, ORGANISER, STRANGER, uid } from "./_flows.ts";
 import { sharedStack, stackTest } from "./_helpers.ts";
 
 const EVENT = "33333333-3333-4333-8333-333333333333";
@@ -32,32 +32,6 @@ function sessionsOf(stack: Stack, orderId: string) {
 async function count(stack: Stack, sql: string, params: unknown[] = []): Promise<number> {
   const [row] = await stack.db.query<{ n: number }>(`select count(*)::int as n from (${sql}) as q`, params);
   return row.n;
-}
-
-/** Everything a refused request must not have written. */
-async function footprint(stack: Stack) {
-  return {
-    orders: await count(stack, "select from events.orders"),
-    holds: await count(stack, "select from events.holds"),
-    requestKeys: await count(stack, "select from public.idempotency_keys"),
-    stripeOperations: await count(stack, "select from public.stripe_idempotency_keys"),
-    rateLimits: await count(stack, "select from private.rate_limits"),
-    stripeCalls: stack.stripe!.requests.length,
-  };
-}
-
-async function createEvent(stack: Stack, tiers: { name: string; price_cents: number; capacity: number }[]) {
-  const organiser = createClient(stack.url, stack.anonKey, {
-    auth: { persistSession: false },
-    global: { headers: { Authorization: `Bearer ${await stack.userToken(ORGANISER)}` } },
-  });
-  const { data, error } = await organiser.rpc("create_event", {
-    p_title: `Test event ${uid().slice(0, 8)}`,
-    p_starts_at: new Date(Date.now() + 30 * 86_400_000).toISOString(),
-    p_tiers: tiers,
-  });
-  assert.equal(error, null, JSON.stringify(error));
-  return data as { id: string; tiers: { id: string; name: string }[] };
 }
 
 const gaOrder = (quantity = 2) => ({ event_id: EVENT, items: [{ tier_id: GA, quantity }] });
@@ -118,8 +92,8 @@ stackTest(
 
 stackTest("capacity: 60 concurrent buyers for 50 seats, 50 held, the rest sold out", async () => {
   const stack = await sharedStack();
-  const event = await createEvent(stack, [{ name: "Small room", price_cents: 1500, capacity: 50 }]);
-  const tier = event.tiers[0].id;
+  const organiser = await newOrganiser(stack, { capacity: 50 });
+  const [event, tier] = [{ id: organiser.eventId }, organiser.tierId];
   const buyers = Array.from({ length: 60 }, uid);
   await stack.db.query("insert into auth.users (id) select unnest($1::uuid[])", [buyers]);
   const answers = await Promise.all(

@@ -3,27 +3,12 @@
 import assert from "node:assert/strict";
 import fc from "npm:fast-check@4.11.0";
 import type { Stack } from "../tools/local/stack.ts";
-import { BUYER, newOrganiser, paidOrder } from "./_flows.ts";
+import { BUYER, footprint, newOrganiser, paidOrder } from "./_flows.ts";
 import { sharedStack, stackTest } from "./_helpers.ts";
 
 const RUNS = Number(Deno.env.get("FUZZ_RUNS") ?? 150);
 const EVENT = "33333333-3333-4333-8333-333333333333";
 const GA = "44444444-4444-4444-8444-444444444444";
-
-/** Everything a refused request must leave as it was. */
-async function footprint(stack: Stack) {
-  const [row] = await stack.db.query<Record<string, number>>(`select
-    (select count(*)::int from events.orders) as orders,
-    (select count(*)::int from events.holds) as holds,
-    (select count(*)::int from events.refunds) as refunds,
-    (select count(*)::int from wallet.payouts) as payouts,
-    (select count(*)::int from wallet.wallet_transactions) as entries,
-    (select count(*)::int from public.idempotency_keys) as request_keys,
-    (select count(*)::int from public.stripe_idempotency_keys) as stripe_operations,
-    (select count(*)::int from public.stripe_webhook_events) as webhook_events,
-    (select count(*)::int from private.rate_limits) as rate_limits`);
-  return { ...row, stripe_calls: stack.stripe!.requests.length };
-}
 
 /** A JSON value of any shape. */
 const anyJson = fc.jsonValue({ maxDepth: 3 });

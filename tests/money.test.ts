@@ -8,6 +8,7 @@ import {
   BUYER,
   call,
   clientAs,
+  footprint,
   ledgerTest,
   newOrganiser,
   paidOrder,
@@ -338,12 +339,7 @@ ledgerTest(
     const other = await newOrganiser(stack, { payouts: null });
     const disabled = await newOrganiser(stack, { payouts: false });
     const refund = { order_id: order.orderId, amount_cents: 100 };
-    const footprint = async () => ({
-      refunds: (await stack.db.query<{ n: number }>("select count(*)::int as n from events.refunds"))[0].n,
-      payouts: (await stack.db.query<{ n: number }>("select count(*)::int as n from wallet.payouts"))[0].n,
-      stripe: stack.stripe!.requests.length,
-    });
-    const before = await footprint();
+    const before = await footprint(stack);
     for (
       const [who, token] of [
         ["buyer", await stack.userToken(BUYER)],
@@ -374,7 +370,7 @@ ledgerTest(
     assert.deepEqual([off.status, off.body.type], [409, "/problems/payouts-disabled"]);
     const small = await call(stack, "payouts", { amount_cents: 99 }, { token: organiser.token });
     assert.deepEqual([small.status, small.body.type], [400, "/problems/validation"]);
-    assert.deepEqual(await footprint(), before, "refused requests wrote nothing and called no Stripe");
+    assert.deepEqual(await footprint(stack), before, "refused requests wrote nothing and called no Stripe");
   },
 );
 
