@@ -50,7 +50,7 @@ export interface StripeOperation {
 
 /** What the store answers to a claim. */
 export type StripeClaim =
-  | { outcome: "acquired"; stripeKey: string; fencingToken: number; attempts: number; params: Json }
+  | { outcome: "acquired"; stripeKey: string; fencingToken: number }
   | { outcome: "replay"; status: "completed"; resourceId: string; response: Json }
   | { outcome: "replay"; status: "failed"; error: StripeFailure }
   | { outcome: "in_progress"; lockedUntil: string }
@@ -171,7 +171,7 @@ export async function withStripeIdempotency<R extends { id: string }>(
  * unknown outcome (connection errors, timeouts, 409, 429, 5xx) and for our own mistakes (401, a
  * reused key with other parameters), which are retried with the same key instead.
  */
-export function terminalFailure(error: unknown): StripeFailure | null {
+function terminalFailure(error: unknown): StripeFailure | null {
   if (!(error instanceof Stripe.errors.StripeError)) return null;
   if (error instanceof Stripe.errors.StripeIdempotencyError) return null;
   const status = error.statusCode ?? 0;
@@ -242,13 +242,7 @@ export interface ClaimRow {
 export function stripeClaimOf(row: ClaimRow): StripeClaim {
   switch (row.outcome) {
     case "acquired":
-      return {
-        outcome: "acquired",
-        stripeKey: row.stripe_idempotency_key,
-        fencingToken: row.fencing_token,
-        attempts: row.attempts,
-        params: row.request_params,
-      };
+      return { outcome: "acquired", stripeKey: row.stripe_idempotency_key, fencingToken: row.fencing_token };
     case "replay":
       if (row.status === "needs_attention") return { outcome: "needs_attention" };
       if (row.status === "failed") {

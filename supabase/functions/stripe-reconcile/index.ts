@@ -18,7 +18,6 @@ interface Claimed {
   operation_id: string;
   stripe_idempotency_key: string;
   fencing_token: number;
-  attempts: number;
   request_params: Json;
 }
 
@@ -38,8 +37,6 @@ Deno.serve(handler("stripe-reconcile", async (req, { requestId }) => {
           outcome: "acquired",
           stripeKey: op.stripe_idempotency_key,
           fencingToken: op.fencing_token,
-          attempts: op.attempts,
-          params: op.request_params,
         },
       });
       redriven.completed++;
