@@ -23,6 +23,17 @@ function unauthorized(detail: string): HttpError {
   });
 }
 
+let cachedKeySet: { jwks: string; keys: ReturnType<typeof createLocalJWKSet> } | undefined;
+
+/** The key set of `SUPABASE_JWKS`, parsed once per value rather than on every request. */
+function keySet(jwks: string): ReturnType<typeof createLocalJWKSet> {
+  if (cachedKeySet?.jwks !== jwks) {
+    const parsed = JSON.parse(jwks);
+    cachedKeySet = { jwks, keys: createLocalJWKSet(Array.isArray(parsed) ? { keys: parsed } : parsed) };
+  }
+  return cachedKeySet.keys;
+}
+
 /** The verified claims of the bearer token; throws 401 when it is missing, forged or expired. */
 export async function verifiedClaims(req: Request): Promise<JWTPayload> {
   const token = req.headers.get("authorization")?.match(/^Bearer\s+(\S+)$/i)?.[1];
@@ -35,9 +46,7 @@ export async function verifiedClaims(req: Request): Promise<JWTPayload> {
       return (await jwtVerify(token, new TextEncoder().encode(secret), { algorithms: ["HS256"] })).payload;
     }
     if (!jwks) throw new Error("no JWKS configured");
-    const parsed = JSON.parse(jwks);
-    return (await jwtVerify(token, createLocalJWKSet(Array.isArray(parsed) ? { keys: parsed } : parsed)))
-      .payload;
+    return (await jwtVerify(token, keySet(jwks))).payload;
   } catch {
     throw unauthorized("The access token is invalid or expired");
   }
