@@ -298,6 +298,8 @@ stackTest(
     assert.match(data.checkout_session_id, /^cs_test_/);
     assert.match(data.client_secret, /_secret_/);
     assert.equal(data.url, undefined);
+    // the body's "embedded" is sent as the API's embedded_page (the emulator refuses "embedded")
+    assert.equal(stack.stripe!.state.sessions.get(data.checkout_session_id)?.ui_mode, "embedded_page");
     const again = await supabase.functions.invoke("enhanced-checkout", {
       body: { ui_mode: "embedded", ...gaOrder(1) },
       headers: { "Idempotency-Key": key },

@@ -4,6 +4,7 @@
  * and error objects. Pure state: no HTTP here.
  * @module
  */
+import { CHECKOUT_UI_MODES } from "../../../supabase/functions/_shared/stripe_contract.ts";
 import type { Param, Params } from "./form.ts";
 
 /** The API version the emulator speaks (the one `stripe@23.1.0` pins). */
@@ -160,7 +161,9 @@ function event(state: State, type: string, object: StripeObject): StripeEvent {
 export function createCheckoutSession(state: State, p: Params): StripeObject {
   const mode = oneOf(str(p, "mode"), ["payment"] as const, "mode");
   if (!mode) throw missing("mode");
-  const uiMode = oneOf(str(p, "ui_mode"), ["hosted", "embedded"] as const, "ui_mode") ?? "hosted";
+  // Since 2026-03-25.dahlia; `hosted`, `embedded` and `custom` are refused
+  // (docs.stripe.com/changelog/dahlia/2026-03-25/updates-available-checkout-session-ui-modes).
+  const uiMode = oneOf(str(p, "ui_mode"), CHECKOUT_UI_MODES, "ui_mode") ?? "hosted_page";
   const items = p.line_items;
   if (items === undefined) throw missing("line_items");
   if (!Array.isArray(items) || items.length === 0) throw invalid("Invalid array: line_items", "line_items");
@@ -209,14 +212,16 @@ export function createCheckoutSession(state: State, p: Params): StripeObject {
   }
   const successUrl = str(p, "success_url");
   const returnUrl = str(p, "return_url");
-  if (uiMode === "embedded" && successUrl) {
+  if (uiMode === "embedded_page" && successUrl) {
     throw invalid(
-      "`success_url` is not allowed when `ui_mode` is `embedded`; use `return_url`",
+      "`success_url` is not allowed when `ui_mode` is `embedded_page`; use `return_url`",
       "success_url",
     );
   }
-  if (uiMode === "embedded" && !returnUrl) throw missing("return_url");
-  if (uiMode === "hosted" && returnUrl) throw invalid("`return_url` needs `ui_mode: embedded`", "return_url");
+  if (uiMode === "embedded_page" && !returnUrl) throw missing("return_url");
+  if (uiMode === "hosted_page" && returnUrl) {
+    throw invalid("`return_url` needs `ui_mode: embedded_page`", "return_url");
+  }
   const clientReference = str(p, "client_reference_id");
   if (clientReference && clientReference.length > 200) {
     throw invalid("client_reference_id can be at most 200 characters", "client_reference_id");
@@ -229,7 +234,7 @@ export function createCheckoutSession(state: State, p: Params): StripeObject {
     amount_subtotal: subtotal,
     amount_total: subtotal,
     client_reference_id: clientReference ?? null,
-    client_secret: uiMode === "embedded" ? `${id}_secret_${newId("x").slice(2)}` : null,
+    client_secret: uiMode === "embedded_page" ? `${id}_secret_${newId("x").slice(2)}` : null,
     created,
     currency: cur,
     customer_email: str(p, "customer_email") ?? null,
@@ -250,7 +255,7 @@ export function createCheckoutSession(state: State, p: Params): StripeObject {
     status: "open",
     success_url: successUrl ?? null,
     ui_mode: uiMode,
-    url: uiMode === "hosted" ? `${state.baseUrl}/_emulator/checkout/${id}` : null,
+    url: uiMode === "hosted_page" ? `${state.baseUrl}/_emulator/checkout/${id}` : null,
   };
   state.sessions.set(id, session);
   return session;
