@@ -15,7 +15,8 @@
  * @module
  */
 import postgres from "npm:postgres@3.4.9";
-import { stripeOperationStore, withStripeIdempotency } from "../supabase/functions/_shared/idempotency.ts";
+import { withStripeIdempotency } from "../supabase/functions/_shared/idempotency.ts";
+import { stripeOperationStore } from "../supabase/functions/_shared/idempotency_store.ts";
 import { stripeClient } from "../supabase/functions/_shared/stripe.ts";
 import { startStack } from "../tools/local/stack.ts";
 import { writeReport } from "./report.ts";

@@ -162,7 +162,7 @@ stackTest(
     for (let run = 0; run < 3; run++) {
       const report = await call(stack, "stripe-reconcile", {}, { token: stack.serviceRoleKey, key: null });
       assert.equal(report.status, 200, report.text);
-      redriven += (report.body.redriven as { completed: number }).completed;
+      redriven += (report.body.settled as { completed: number }).completed;
     }
     const faults = stack.stripe!.requests.filter((r) => r.fault !== null).length;
     console.log(`faults injected ${faults}, operations finished by the reconciler ${redriven}`);

@@ -9,14 +9,15 @@ import {
   StripeRejectedError,
 } from "../supabase/functions/_shared/errors.ts";
 import { handler, json } from "../supabase/functions/_shared/http.ts";
+import { testHooks, withStripeIdempotency } from "../supabase/functions/_shared/idempotency.ts";
 import {
   generateIdempotencyKey,
   generateIdempotencyKeyLegacy,
+} from "../supabase/functions/_shared/idempotency_keys.ts";
+import {
   type StripeOperation,
   stripeOperationStore,
-  testHooks,
-  withStripeIdempotency,
-} from "../supabase/functions/_shared/idempotency.ts";
+} from "../supabase/functions/_shared/idempotency_store.ts";
 import {
   canonicalJson,
   requestKeyStore,
@@ -124,7 +125,7 @@ stackTest(
 
     await assert.rejects(
       withStripeIdempotency(op, createSession(op)),
-      (e: Error) => e.name === "Error" && /in progress/.test(e.message),
+      (e: Error) => e.name === "OperationInProgressError" && /in progress/.test(e.message),
     );
     await new Promise((r) => setTimeout(r, 1100));
     const retried = await withStripeIdempotency(op, createSession(op));

@@ -323,44 +323,71 @@ stackTest("the idempotency RPCs refuse anon and authenticated through the gatewa
 });
 
 stackTest(
-  "a claim never re-sends past Stripe's key window: the operation needs attention instead",
+  "a claim past Stripe's key window is acquired to look the object up, never to re-send it",
   async () => {
     const sql = await pool(2);
     try {
       const id = uid();
+      const key = `refund:create:${id}:old`;
       await sql`insert into public.stripe_idempotency_keys (operation_type, operation_id, stripe_idempotency_key, status,
-        request_params, request_fingerprint, locked_until, created_at)
-      values ('refund:create', ${id}, ${"refund:create:" + id + ":old"}, 'in_progress', '{"a": 1}',
-        encode(sha256(convert_to('{"a": 1}', 'UTF8')), 'hex'), now() - interval '1 minute', now() - interval '23 hours 30 minutes')`;
-      const claim = await claim_(sql, id);
-      assert.deepEqual([claim.outcome, claim.status], ["replay", "needs_attention"]);
-      assert.equal((await claim_(sql, id)).status, "needs_attention", "and stays so");
+        request_params, request_fingerprint, locked_until, created_at, fencing_token)
+      values ('refund:create', ${id}, ${key}, 'in_progress', '{"a": 1}',
+        encode(sha256(convert_to('{"a": 1}', 'UTF8')), 'hex'), now() - interval '1 minute', now() - interval '23 hours 30 minutes', 1)`;
+      const first = await claim(sql, "refund:create", id, { a: 1 });
+      assert.deepEqual(
+        [first.outcome, first.mode, first.stripe_idempotency_key, first.fencing_token],
+        ["acquired", "lookup", key, 2],
+      );
+      const second = await claim(sql, "refund:create", id, { a: 1 });
+      assert.equal(second.outcome, "in_progress", "the look-up holds a lease like any holder");
+      // a young operation is sent, an operation a look-up could not decide is looked up again
+      const young = uid();
+      assert.equal((await claim(sql, "refund:create", young, { a: 1 }, 1)).mode, "send");
     } finally {
       await sql.end();
-    }
-    async function claim_(sql: postgres.Sql, id: string) {
-      const [r] =
-        await sql`select public.claim_stripe_operation('refund:create', ${id}, 'unused', '{"a": 1}') as r`;
-      return r.r as Row;
     }
   },
 );
 
-stackTest("a holder still finishes an operation that was marked needs_attention meanwhile", async () => {
-  const sql = await pool(2);
-  try {
-    const id = uid();
-    const first = await claim(sql, "payout:create", id, { a: 1 }, 1);
-    await sql`update public.stripe_idempotency_keys set created_at = now() - interval '24 hours',
+stackTest(
+  "a look-up that cannot decide parks the operation; a stale holder cannot finish it; the next look-up can",
+  async () => {
+    const sql = await pool(2);
+    try {
+      const id = uid();
+      const first = await claim(sql, "payout:create", id, { a: 1 }, 1);
+      await sql`update public.stripe_idempotency_keys set created_at = now() - interval '24 hours',
       locked_until = now() - interval '1 second' where operation_id = ${id}`;
-    const attention = await claim(sql, "payout:create", id, { a: 1 });
-    assert.equal(attention.status, "needs_attention");
-    await sql`select public.complete_stripe_operation('payout:create', ${id}, ${first
-      .fencing_token as number}, 'tr_late')`;
-    const [row] =
-      await sql`select status, stripe_resource_id from public.stripe_idempotency_keys where operation_id = ${id}`;
-    assert.deepEqual({ ...row }, { status: "completed", stripe_resource_id: "tr_late" });
-  } finally {
-    await sql.end();
-  }
-});
+      const lookup = await claim(sql, "payout:create", id, { a: 1 });
+      assert.deepEqual([lookup.outcome, lookup.mode], ["acquired", "lookup"]);
+      const [parked] = await sql`select public.attention_stripe_operation('payout:create', ${id},
+      ${lookup.fencing_token as number}, '{"reason": "several objects", "ids": ["tr_1", "tr_2"]}') as r`;
+      assert.equal((parked.r as Row).status, "needs_attention");
+      assert.equal(
+        (await claim(sql, "payout:create", id, { a: 1 })).status,
+        "needs_attention",
+        "clients get 409",
+      );
+      await assert.rejects(
+        sql`select public.complete_stripe_operation('payout:create', ${id}, ${first
+          .fencing_token as number}, 'tr_late')`,
+        (e: { code: string }) => e.code === "PT409",
+        "the first holder's token is stale",
+      );
+      // the reconciler looks again after 15 minutes, with a new token, and settles it
+      await sql`update public.stripe_idempotency_keys set updated_at = now() - interval '16 minutes'
+      where operation_id = ${id}`;
+      const [{ r: stale }] = await sql`select public.claim_stale_stripe_operations(500, 60) as r`;
+      const again = (stale as { claimed: Row[] }).claimed.find((c) => c.operation_id === id)!;
+      assert.deepEqual([again.mode, again.status], ["lookup", "in_progress"]);
+      await sql`select public.complete_stripe_operation('payout:create', ${id}, ${again
+        .fencing_token as number}, 'tr_1')`;
+      const [row] = await sql`select status, stripe_resource_id, evidence from public.stripe_idempotency_keys
+      where operation_id = ${id}`;
+      assert.deepEqual([row.status, row.stripe_resource_id], ["completed", "tr_1"]);
+      assert.deepEqual(row.evidence, { reason: "several objects", ids: ["tr_1", "tr_2"] });
+    } finally {
+      await sql.end();
+    }
+  },
+);

@@ -57,12 +57,12 @@ Deno.test("the migrations adopt the old plan's tables and rows without losing an
     assert.deepEqual(ops[0].metadata, { source: "old" });
     assert.deepEqual(ops[2].metadata, {});
 
-    // the old in-progress row keeps its key, but without its parameters it is not re-sent: it needs a person
+    // the old in-progress row keeps its key, but without its parameters it is not re-sent: it is looked up
     const [{ claim }] = await db.query<{ claim: Record<string, unknown> }>(
       `select public.claim_stripe_operation('payout:create', 'old-payout-1', 'payout:create:old-payout-1:new',
          '{"amount": 100}') as claim`,
     );
-    assert.deepEqual([claim.outcome, claim.status], ["replay", "needs_attention"]);
+    assert.deepEqual([claim.outcome, claim.mode], ["acquired", "lookup"]);
     assert.equal(
       claim.stripe_idempotency_key,
       "payout:create:old-payout-1:11111111-aaaa-4aaa-8aaa-000000000003",

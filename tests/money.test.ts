@@ -3,6 +3,8 @@
 // do what. After every test the ledger invariants hold.
 import assert from "node:assert/strict";
 import { testHooks } from "../supabase/functions/_shared/idempotency.ts";
+import { stripeClient } from "../supabase/functions/_shared/stripe.ts";
+import type { Stack } from "../tools/local/stack.ts";
 import {
   type Answer,
   BUYER,
@@ -430,32 +432,130 @@ ledgerTest("an old key resent after its records expired never reaches Stripe aga
   }
 });
 
+/** Makes `fn` die after Stripe acted, then lets a day pass: Stripe's key window is over. */
+async function stallPastKeyWindow(
+  stack: Stack,
+  organiser: { id: string; token: string },
+  fn: string,
+  body: unknown,
+  type: string,
+): Promise<string> {
+  const key = uid();
+  testHooks.afterStripe = (op) => {
+    if (op.operationType === type) throw new Error("crash after Stripe");
+  };
+  const answer = await call(stack, fn, body, { token: organiser.token, key });
+  delete testHooks.afterStripe;
+  assert.equal(answer.status, 500);
+  await stack.db.query(
+    `update public.stripe_idempotency_keys set created_at = now() - interval '24 hours', locked_until = now()
+     where operation_type = $1 and status = 'in_progress' and user_id = $2`,
+    [type, organiser.id],
+  );
+  return key;
+}
+
 ledgerTest(
-  "an operator settles an operation that needs attention, with its payout or refund, for good",
+  "past Stripe's key window the reconciler settles a crashed payout and refund by looking them up, not re-sending",
   async (stack) => {
     stack.stripe!.options.autoDeliver = false; // no webhook tells the system what Stripe did
     const organiser = await newOrganiser(stack);
     const order = await paidOrder(stack, organiser, 4);
-    const stall = async (fn: string, body: unknown, type: string) => {
-      const key = uid();
-      testHooks.afterStripe = (op) => {
-        if (op.operationType === type) throw new Error("crash after Stripe");
-      };
-      const answer = await call(stack, fn, body, { token: organiser.token, key });
-      delete testHooks.afterStripe;
-      assert.equal(answer.status, 500);
-      // a day passes without a reconciler: Stripe's key window is over
-      await stack.db.query(
-        `update public.stripe_idempotency_keys set created_at = now() - interval '24 hours', locked_until = now()
-       where operation_type = $1 and status = 'in_progress' and user_id = $2`,
-        [type, organiser.id],
-      );
-      return key;
-    };
-    const payoutKey = await stall("payouts", { amount_cents: 1500 }, "payout:create");
-    const refundKey = await stall("refunds", { order_id: order.orderId, amount_cents: 800 }, "refund:create");
+    const payoutKey = await stallPastKeyWindow(
+      stack,
+      organiser,
+      "payouts",
+      { amount_cents: 1500 },
+      "payout:create",
+    );
+    const refundBody = { order_id: order.orderId, amount_cents: 800 };
+    const refundKey = await stallPastKeyWindow(stack, organiser, "refunds", refundBody, "refund:create");
+    const posts = stack.stripe!.requests.filter((r) => r.method === "POST").length;
+
     const report = await call(stack, "stripe-reconcile", {}, { token: stack.serviceRoleKey, key: null });
-    assert.equal((report.body.needs_attention as unknown[]).length, 2);
+    assert.equal(report.status, 200, report.text);
+    assert.equal((report.body.settled as { completed: number }).completed, 2, report.text);
+    assert.equal(stack.stripe!.requests.filter((r) => r.method === "POST").length, posts, "nothing re-sent");
+
+    const [transfer] = [...stack.stripe!.state.transfers.values()].filter((t) =>
+      t.destination === organiser.account
+    );
+    const payout = await call(stack, "payouts", { amount_cents: 1500 }, {
+      token: organiser.token,
+      key: payoutKey,
+    });
+    assert.deepEqual([payout.status, payout.body.stripe_transfer_id, payout.body.status], [
+      201,
+      transfer.id,
+      "paid",
+    ]);
+    const [stripeRefund] = [...stack.stripe!.state.refunds.values()].filter((r) =>
+      r.payment_intent === order.paymentIntent
+    );
+    const refund = await call(stack, "refunds", refundBody, { token: organiser.token, key: refundKey });
+    assert.deepEqual([refund.status, refund.body.stripe_refund_id], [201, stripeRefund.id]);
+    const share = Math.floor(800 * order.subtotal / order.total);
+    assert.equal((await wallet(organiser)).available_cents, order.subtotal - 1500 - share);
+  },
+);
+
+ledgerTest(
+  "a look-up that cannot decide leaves the operation to an operator, who settles it with its payout or refund",
+  async (stack) => {
+    stack.stripe!.options.autoDeliver = false;
+    const organiser = await newOrganiser(stack);
+    const order = await paidOrder(stack, organiser, 4);
+    const payoutKey = await stallPastKeyWindow(
+      stack,
+      organiser,
+      "payouts",
+      { amount_cents: 1500 },
+      "payout:create",
+    );
+    const refundKey = await stallPastKeyWindow(
+      stack,
+      organiser,
+      "refunds",
+      { order_id: order.orderId, amount_cents: 800 },
+      "refund:create",
+    );
+    // someone made each object a second time by hand, with the same metadata: two candidates, no answer
+    const [payout] = await stack.db.query<{ id: string }>(
+      "select id from wallet.payouts where organiser_id = $1",
+      [
+        organiser.id,
+      ],
+    );
+    const [refund] = await stack.db.query<{ id: string }>(
+      "select id from events.refunds where order_id = $1",
+      [
+        order.orderId,
+      ],
+    );
+    await stripeClient().transfers.create({
+      amount: 1500,
+      currency: "usd",
+      destination: organiser.account,
+      transfer_group: `payout_${payout.id}`,
+      metadata: { payout_id: payout.id },
+    });
+    await stripeClient().refunds.create({
+      payment_intent: order.paymentIntent,
+      amount: 800,
+      metadata: { refund_id: refund.id },
+    });
+
+    const report = await call(stack, "stripe-reconcile", {}, { token: stack.serviceRoleKey, key: null });
+    assert.deepEqual(
+      (report.body.needs_attention as { operation_id: string }[]).map((r) => r.operation_id).sort(),
+      [payout.id, refund.id].sort(),
+      report.text,
+    );
+    const [evidence] = await stack.db.query<{ evidence: { ids: string[] } }>(
+      "select evidence from public.stripe_idempotency_keys where operation_id = $1",
+      [payout.id],
+    );
+    assert.equal(evidence.evidence.ids.length, 2, "the evidence names both transfers");
     const stuck = await call(stack, "payouts", { amount_cents: 1500 }, {
       token: organiser.token,
       key: payoutKey,
@@ -466,30 +566,22 @@ ledgerTest(
       stuck.text,
     );
 
-    const [transfer] = [...stack.stripe!.state.transfers.values()].filter((t) =>
-      t.destination === organiser.account
-    );
-    const [payout] = await stack.db.query<{ id: string }>(
-      "select id from wallet.payouts where organiser_id = $1",
-      [organiser.id],
-    );
-    const [refund] = await stack.db.query<{ id: string }>(
-      "select id from events.refunds where order_id = $1",
-      [order.orderId],
-    );
     const service = clientAs(stack, stack.serviceRoleKey);
     const settled = await service.rpc("resolve_stripe_operation", {
       p_operation_type: "payout:create",
       p_operation_id: payout.id,
-      p_result: { id: transfer.id },
+      p_result: { id: evidence.evidence.ids[0] },
     });
     assert.equal(settled.error, null, JSON.stringify(settled.error));
-    assert.deepEqual([settled.data.status, settled.data.stripe_transfer_id], ["paid", transfer.id]);
-    // the refund was made too, but say the operator found none: failed by hand, its debit given back
+    assert.deepEqual([settled.data.status, settled.data.stripe_transfer_id], [
+      "paid",
+      evidence.evidence.ids[0],
+    ]);
+    // say the operator decides the refund is to be given back and redone: failed by hand, its debit restored
     const failed = await service.rpc("resolve_stripe_operation", {
       p_operation_type: "refund:create",
       p_operation_id: refund.id,
-      p_error: { status: 404, type: "operator", message: "no such refund in the dashboard" },
+      p_error: { status: 404, type: "operator", message: "duplicate refunds reversed in the dashboard" },
     });
     assert.equal(failed.data.status, "failed");
     assert.deepEqual(await wallet(organiser), {
@@ -510,7 +602,7 @@ ledgerTest(
       token: organiser.token,
       key: payoutKey,
     });
-    assert.deepEqual([again.status, again.body.stripe_transfer_id], [201, transfer.id]);
+    assert.deepEqual([again.status, again.body.stripe_transfer_id], [201, evidence.evidence.ids[0]]);
     const closed = await call(stack, "refunds", { order_id: order.orderId, amount_cents: 800 }, {
       token: organiser.token,
       key: refundKey,

@@ -39,7 +39,7 @@ async function reconcile(stack: Stack) {
   const answer = await call(stack, "stripe-reconcile", {}, { token: stack.serviceRoleKey, key: null });
   assert.equal(answer.status, 200, answer.text);
   return answer.body as {
-    redriven: { completed: number; failed: number; unknown: number; errors: number };
+    settled: { completed: number; failed: number; unknown: number; attention: number; errors: number };
     needs_attention: { operation_id: string }[];
     holds_expired: number;
   };
@@ -447,7 +447,7 @@ for (const kind of ["checkout", "refund", "payout"] as const) {
       );
       await expireLease(stack, op.operation_id);
       const reports = await Promise.all([reconcile(stack), reconcile(stack)]);
-      assert.equal(reports.reduce((n, r) => n + r.redriven.completed, 0), 1, JSON.stringify(reports));
+      assert.equal(reports.reduce((n, r) => n + r.settled.completed, 0), 1, JSON.stringify(reports));
       const done = await one<{ status: string; stripe_resource_id: string }>(
         stack,
         "select status, stripe_resource_id from public.stripe_idempotency_keys where operation_id = $1",
@@ -489,26 +489,47 @@ for (const kind of ["checkout", "refund", "payout"] as const) {
 }
 
 ledgerTest(
-  "the reconciler does not re-send what is older than Stripe's key window: needs_attention",
+  "a checkout whose session was never made is not sent late: the look-up proves it absent and the order expires",
   async (stack) => {
-    const id = uid();
-    await stack.db.query(
-      `insert into public.stripe_idempotency_keys (operation_type, operation_id, stripe_idempotency_key, status,
-       request_params, request_fingerprint, locked_until, created_at)
-     values ('payout:create', $1, 'payout:create:' || $1 || ':old', 'in_progress', '{"amount": 100}', 'x',
-       now() - interval '1 hour', now() - interval '24 hours')`,
-      [id],
-    );
-    const calls = stack.stripe!.requests.length;
-    const report = await reconcile(stack);
-    assert.ok(report.needs_attention.some((r) => r.operation_id === id));
-    assert.equal(stack.stripe!.requests.length, calls);
-    const row = await one<{ status: string }>(
+    const organiser = await newOrganiser(stack, { capacity: 5 });
+    // Stripe never executed the first request (a 500 before execution): nothing was made
+    stack.stripe!.addFault({ kind: "error_before", path: "/v1/checkout/sessions", times: 3 });
+    const key = uid();
+    const body = { event_id: organiser.eventId, items: [{ tier_id: organiser.tierId, quantity: 2 }] };
+    const token = await stack.userToken(BUYER);
+    const first = await call(stack, "enhanced-checkout", body, { token, key });
+    assert.equal(first.status, 503, first.text);
+    const op = await one<{ operation_id: string }>(
       stack,
-      "select status from public.stripe_idempotency_keys where operation_id = $1",
-      [id],
+      `select operation_id from public.stripe_idempotency_keys
+       where operation_type = 'checkout:create' and user_id = $1 order by created_at desc limit 1`,
+      [BUYER],
     );
-    assert.equal(row.status, "needs_attention");
+    // the retry comes 10 minutes late: expires_at is now under Stripe's 30-minute minimum
+    await stack.db.query(
+      `update public.stripe_idempotency_keys set request_params = jsonb_set(request_params, '{expires_at}',
+         to_jsonb(extract(epoch from now())::bigint + 1500)),
+         request_fingerprint = encode(sha256(convert_to(jsonb_set(request_params, '{expires_at}',
+           to_jsonb(extract(epoch from now())::bigint + 1500))::text, 'UTF8')), 'hex')
+       where operation_id = $1`,
+      [op.operation_id],
+    );
+    const posts = stack.stripe!.requests.filter((r) => r.method === "POST").length;
+    const report = await reconcile(stack);
+    assert.equal(report.settled.failed, 1, JSON.stringify(report));
+    assert.equal(
+      stack.stripe!.requests.filter((r) => r.method === "POST").length,
+      posts,
+      "nothing sent late",
+    );
+    const order = await one<{ status: string; held: number }>(
+      stack,
+      `select o.status, t.held from events.orders o join events.ticket_tiers t on t.id = $2 where o.id = $1`,
+      [op.operation_id, organiser.tierId],
+    );
+    assert.deepEqual(order, { status: "expired", held: 0 }, "its holds are back on sale");
+    const retry = await call(stack, "enhanced-checkout", body, { token, key });
+    assert.deepEqual([retry.status, retry.body.type], [409, "/problems/checkout-closed"], retry.text);
   },
 );
 

@@ -10,14 +10,9 @@
  * @module
  */
 import { json } from "./http.ts";
-import {
-  type ClaimRow,
-  generateIdempotencyKey,
-  IDEMPOTENCY_DEFAULTS,
-  type Json,
-  recordOutcome,
-  stripeClaimOf,
-} from "./idempotency.ts";
+import { IDEMPOTENCY_DEFAULTS } from "./idempotency.ts";
+import { generateIdempotencyKey } from "./idempotency_keys.ts";
+import { type ClaimRow, type Json, recordOutcome } from "./idempotency_store.ts";
 import {
   requestClaimOf,
   type RequestClaimRow,
@@ -123,7 +118,7 @@ export function checkout(
     const { order, stripe } = started!;
     const { response } = await runOperation("checkout:create", order!.order_id, stripe!.request_params, {
       userId: buyer.userId,
-      claim: stripeClaimOf(stripe!),
+      claim: stripe!,
       // recorded by finish_checkout, with the answer
       complete: (fencingToken, session) => {
         recorded = { fencingToken, session };

@@ -34,16 +34,28 @@ export class HttpError extends Error {
     readonly detail?: string,
     readonly extra: { errors?: FieldError[]; headers?: Record<string, string>; [member: string]: unknown } =
       {},
+    options?: { cause?: unknown },
   ) {
-    super(detail ? `${title}: ${detail}` : title);
+    super(detail ? `${title}: ${detail}` : title, options);
+    this.name = new.target.name;
     this.disposition = status >= 500 ? "transient" : "refusal";
   }
 }
 
 /** 503: the database (the idempotency store) could not be reached; nothing unguarded was done. */
 export class StoreUnavailableError extends HttpError {
-  constructor(detail = "The request could not be recorded safely; retry it with the same Idempotency-Key") {
-    super(503, "store-unavailable", "Service unavailable", detail, { headers: { "retry-after": "1" } });
+  constructor(
+    detail = "The request could not be recorded safely; retry it with the same Idempotency-Key",
+    options?: { cause?: unknown },
+  ) {
+    super(
+      503,
+      "store-unavailable",
+      "Service unavailable",
+      detail,
+      { headers: { "retry-after": "1" } },
+      options,
+    );
   }
 }
 
@@ -64,17 +76,30 @@ export class OperationInProgressError extends HttpError {
   }
 }
 
-/** 503: Stripe's answer was lost (timeout, reset, 5xx, 409); the same key is retried later. */
+/** 409: the operation stalled and neither its key nor a look-up in Stripe could settle it; an operator must. */
+export class OperationNeedsAttentionError extends HttpError {
+  constructor(what: string) {
+    super(
+      409,
+      "operation-needs-attention",
+      "Operation needs attention",
+      `${what} could not be settled from Stripe; an operator is resolving it`,
+    );
+    // The request had effects: its key stays bound to it.
+    this.disposition = "transient";
+  }
+}
+
+/** 503: Stripe's answer was lost (timeout, reset, 5xx, 409, 429); the same key is retried later. */
 export class StripeOutcomeUnknownError extends HttpError {
-  constructor() {
+  constructor(options?: { cause?: unknown }) {
     super(
       503,
       "stripe-unavailable",
       "Payment provider unavailable",
       "Stripe did not confirm the operation; retry with the same Idempotency-Key",
-      {
-        headers: { "retry-after": "1" },
-      },
+      { headers: { "retry-after": "1" } },
+      options,
     );
   }
 }
@@ -88,13 +113,24 @@ export interface StripeFailure {
   param?: string;
 }
 
-/** 402/422: Stripe executed the request and refused it; stored, and replayed as such. */
+/**
+ * The failure stored when a look-up in Stripe proves that an operation made no object (its key could no
+ * longer settle it: a saved 5xx, Stripe's 24 h key window passed, or its parameters could no longer be
+ * sent). Nothing happened at Stripe; the request may be made again under a new Idempotency-Key.
+ */
+export const NOT_CREATED = "not_created";
+
+/**
+ * 402/422: Stripe executed the request and refused it; 409 `operation-not-created`: a look-up proved that
+ * Stripe holds no object for it. Either way stored, and replayed as such.
+ */
 export class StripeRejectedError extends HttpError {
   constructor(readonly failure: StripeFailure) {
+    const notCreated = failure.type === NOT_CREATED;
     super(
-      failure.status === 402 ? 402 : 422,
-      "stripe-rejected",
-      "Refused by the payment provider",
+      notCreated ? 409 : failure.status === 402 ? 402 : 422,
+      notCreated ? "operation-not-created" : "stripe-rejected",
+      notCreated ? "Not carried out" : "Refused by the payment provider",
       failure.message,
       { stripe_code: failure.code ?? failure.type },
     );

@@ -1,30 +1,40 @@
 /**
- * The idempotency core for Stripe side effects: claim in Postgres, call Stripe with the stored key,
- * record the outcome.
+ * The idempotency core for Stripe side effects: claim in Postgres, settle with Stripe, record the outcome.
  *
- * - `claim` (one RPC, one transaction) answers acquired | replay | in_progress | mismatch. The Stripe
- *   key is generated once, when the row is created, and every retry (and the reconciler) reuses it, so
- *   Stripe itself deduplicates a call whose outcome was never recorded.
- * - After the call: `complete` (the object), `fail` (a terminal Stripe 4xx, replayed as such) or
- *   `release` (outcome unknown: timeout, reset, 5xx, 409; retried with the same key). Each is accepted
- *   only with the current fencing token.
+ * - `claim` (one RPC, one transaction) answers acquired | replay | in_progress | needs_attention | mismatch.
+ *   The Stripe key is generated once, when the row is created, and every retry (and the reconciler) reuses
+ *   it, so Stripe itself deduplicates a call whose outcome was never recorded.
+ * - An acquired operation is settled by sending its stored request with its stored key, or, when that key
+ *   can no longer settle it, by looking its object up in Stripe: when Stripe replays a saved 5xx for the
+ *   key, when Stripe's 24 h key window passed, or when the stored parameters are no longer ones Stripe
+ *   accepts (a Checkout Session's `expires_at` too close).
+ * - Then: `complete` (the object), `fail` (a terminal Stripe 4xx, or a look-up that proved no object was
+ *   made; replayed as such), `release` (outcome unknown: timeout, reset, 5xx, 409, 429; retried with the
+ *   same key) or `attention` (a look-up that cannot decide). Each is accepted only with the current
+ *   fencing token.
  * - If the store cannot be reached, nothing is sent to Stripe: the request fails closed (503).
  * @module
  */
 import {
-  HttpError,
+  NOT_CREATED,
   OperationInProgressError,
+  OperationNeedsAttentionError,
   type StripeFailure,
   StripeOutcomeUnknownError,
   StripeRejectedError,
 } from "./errors.ts";
-import type { SupabaseClient } from "npm:@supabase/supabase-js@2.119.1";
+import { generateIdempotencyKey } from "./idempotency_keys.ts";
+import {
+  type Json,
+  type StripeClaim,
+  type StripeOperation,
+  type StripeOperationStore,
+  stripeOperationStore,
+} from "./idempotency_store.ts";
 import { log } from "./log.ts";
 import { Stripe } from "./stripe.ts";
-import { rpc, RpcError } from "./supabase.ts";
 
-/** JSON values as they go in and out of jsonb. */
-export type Json = string | number | boolean | null | Json[] | { [key: string]: Json };
+export type { Json, StripeClaim, StripeOperation, StripeOperationStore } from "./idempotency_store.ts";
 
 /** Defaults of the core, in one place. */
 export const IDEMPOTENCY_DEFAULTS = {
@@ -36,40 +46,8 @@ export const IDEMPOTENCY_DEFAULTS = {
   requestTtlSeconds: 86_400,
 } as const;
 
-/** A Stripe side effect, named by a stable internal id. */
-export interface StripeOperation {
-  /** e.g. `checkout:create`, `refund:create`, `payout:create` */
-  operationType: string;
-  /** The order, refund or payout id: never a per-request value. */
-  operationId: string;
-  /** The exact Stripe parameters; stored with the claim and fingerprinted. */
-  params: { [key: string]: Json };
-  userId?: string | null;
-  metadata?: { [key: string]: Json };
-}
-
-/** What the store answers to a claim. */
-export type StripeClaim =
-  | { outcome: "acquired"; stripeKey: string; fencingToken: number }
-  | { outcome: "replay"; status: "completed"; resourceId: string; response: Json }
-  | { outcome: "replay"; status: "failed"; error: StripeFailure }
-  | { outcome: "in_progress"; lockedUntil: string }
-  | { outcome: "needs_attention" }
-  | { outcome: "mismatch" };
-
-/** Persistence of Stripe operations (the RPC implementation below in production). */
-export interface StripeOperationStore {
-  claim(op: StripeOperation, candidateKey: string, leaseSeconds: number): Promise<StripeClaim>;
-  /** Records the object; may answer with what it recorded besides (e.g. the business row's new state). */
-  complete(
-    op: StripeOperation,
-    fencingToken: number,
-    resourceId: string,
-    response: Json,
-  ): Promise<Json | void>;
-  fail(op: StripeOperation, fencingToken: number, error: StripeFailure): Promise<void>;
-  release(op: StripeOperation, fencingToken: number, reason: string): Promise<void>;
-}
+/** What a look-up in Stripe found: the object, proof that there is none, or why it cannot decide. */
+export type LookupResult<R> = { found: R } | { absent: string } | { undecided: Json };
 
 /** The outcome of an operation: the Stripe object's id and the fields kept to answer again. */
 export interface StripeResult {
@@ -87,8 +65,12 @@ export interface StripeIdempotencyOptions<R> {
   leaseSeconds?: number;
   /** The fields of Stripe's answer to keep for replays (default: `{ id }`). */
   pick?: (result: R) => Json;
-  /** A claim already acquired elsewhere (the reconciler claims stalled operations in bulk). */
+  /** A claim already acquired elsewhere (a merged RPC, or the reconciler's bulk claim). */
   claim?: StripeClaim;
+  /** Finds the operation's object in Stripe when its key cannot settle it (see the module doc). */
+  lookup?: (createdAt: string) => Promise<LookupResult<R>>;
+  /** False when the stored parameters are no longer ones Stripe accepts: then they are not sent. */
+  sendable?: () => boolean;
 }
 
 /**
@@ -98,9 +80,10 @@ export interface StripeIdempotencyOptions<R> {
 export const testHooks: { afterStripe?: (op: StripeOperation) => void | Promise<void> } = {};
 
 /**
- * Runs `call` (a Stripe request made with the key it is given) at most once in effect for `op`.
- * Returns the stored result on a replay. Throws `OperationInProgressError` (409) while another holder
- * has the operation, `StripeRejectedError` for a terminal Stripe error (now or stored),
+ * Runs `call` (a Stripe request made with the key it is given) at most once in effect for `op`, or settles
+ * `op` by its look-up. Returns the stored result on a replay. Throws `OperationInProgressError` (409) while
+ * another holder has the operation, `OperationNeedsAttentionError` (409) when neither its key nor a
+ * look-up can settle it, `StripeRejectedError` for a terminal failure (now or stored),
  * `StripeOutcomeUnknownError` (503) when Stripe's answer was lost, and `StoreUnavailableError` (503)
  * when the store cannot be reached, in which case Stripe was not called.
  */
@@ -121,49 +104,88 @@ export async function withStripeIdempotency<R extends { id: string }>(
       return { resourceId: claim.resourceId, response: claim.response, replayed: true, recorded: null };
     case "in_progress":
       throw new OperationInProgressError(`Operation '${name}'`, secondsUntil(claim.lockedUntil));
-    case "needs_attention": {
-      const error = new HttpError(
-        409,
-        "operation-needs-attention",
-        "Operation needs attention",
-        `Operation '${name}' stalled beyond Stripe's idempotency window; an operator is resolving it`,
-      );
-      error.disposition = "transient"; // the request had effects: its key stays bound to it
-      throw error;
-    }
+    case "needs_attention":
+      throw new OperationNeedsAttentionError(`Operation '${name}'`);
     case "mismatch":
       throw new Error(`Operation '${name}' was claimed before with other Stripe parameters`);
   }
 
-  let result: R;
-  try {
-    result = await call(claim.stripeKey);
-  } catch (e) {
-    const failure = terminalFailure(e);
-    if (failure) {
-      await store.fail(op, claim.fencingToken, failure);
-      throw new StripeRejectedError(failure);
-    }
-    if (e instanceof Stripe.errors.StripeIdempotencyError) {
-      log("error", "Stripe refused a stored idempotency key", { operation: name, error: e });
-    }
+  const token = claim.fencingToken;
+  const unknown = async (e: unknown, message: string): Promise<never> => {
     try {
-      await store.release(op, claim.fencingToken, String((e as Error)?.message ?? e));
+      await store.release(op, token, String((e as Error)?.message ?? e));
     } catch (releaseError) {
       // The lease then simply runs out; the operation stays claimable with the same key.
       log("warn", "could not release a Stripe operation", { operation: name, error: releaseError });
     }
-    log("warn", "Stripe outcome unknown; released for a retry with the same key", {
-      operation: name,
-      error: e,
-    });
-    throw new StripeOutcomeUnknownError();
+    log("warn", message, { operation: name, error: e });
+    throw new StripeOutcomeUnknownError({ cause: e });
+  };
+
+  let result: R | undefined;
+  let lookup = claim.mode === "lookup";
+  if (!lookup && options.sendable && !options.sendable()) {
+    log("info", "stored parameters can no longer be sent; settling by look-up", { operation: name });
+    lookup = true;
+  }
+  if (!lookup) {
+    try {
+      result = await call(claim.stripeKey);
+    } catch (e) {
+      const failure = terminalFailure(e);
+      if (failure) {
+        await store.fail(op, token, failure);
+        throw new StripeRejectedError(failure);
+      }
+      if (e instanceof Stripe.errors.StripeIdempotencyError) {
+        log("error", "Stripe refused a stored idempotency key", { operation: name, error: e });
+      }
+      if (!savedServerError(e) || !options.lookup) {
+        await unknown(e, "Stripe outcome unknown; released for a retry with the same key");
+      }
+      // Stripe saved a 5xx for this key once execution began and replays it: the key cannot settle it.
+      log("warn", "Stripe replays a saved 5xx for this key; settling by look-up", {
+        operation: name,
+        error: e,
+      });
+      lookup = true;
+    }
+  }
+  if (lookup) {
+    if (!options.lookup) {
+      await store.attention(op, token, { reason: "no look-up is declared for this operation type" });
+      throw new OperationNeedsAttentionError(`Operation '${name}'`);
+    }
+    let found: LookupResult<R>;
+    try {
+      found = await options.lookup(claim.createdAt);
+    } catch (e) {
+      return await unknown(e, "Stripe look-up failed; released for a retry");
+    }
+    if ("undecided" in found) {
+      log("warn", "a look-up could not settle the operation; it needs attention", {
+        operation: name,
+        evidence: found.undecided,
+      });
+      await store.attention(op, token, found.undecided);
+      throw new OperationNeedsAttentionError(`Operation '${name}'`);
+    }
+    if ("absent" in found) {
+      const failure: StripeFailure = {
+        status: 409,
+        type: NOT_CREATED,
+        message: `Stripe holds no object for this operation (${found.absent}); nothing was done there`,
+      };
+      await store.fail(op, token, failure);
+      throw new StripeRejectedError(failure);
+    }
+    result = found.found;
   }
 
   await testHooks.afterStripe?.(op);
-  const response = options.pick ? options.pick(result) : { id: result.id };
-  const recorded = await store.complete(op, claim.fencingToken, result.id, response);
-  return { resourceId: result.id, response, replayed: false, recorded: recorded ?? null };
+  const response = options.pick ? options.pick(result!) : { id: result!.id };
+  const recorded = await store.complete(op, token, result!.id, response);
+  return { resourceId: result!.id, response, replayed: false, recorded: recorded ?? null };
 }
 
 /**
@@ -185,135 +207,16 @@ function terminalFailure(error: unknown): StripeFailure | null {
   };
 }
 
+/**
+ * A 5xx that Stripe saved for the key and replays (`Idempotent-Replayed: true`): "Retries with the same
+ * key return the saved response, including 500 errors" (docs.stripe.com/api/idempotent_requests).
+ */
+function savedServerError(error: unknown): boolean {
+  if (!(error instanceof Stripe.errors.StripeError) || (error.statusCode ?? 0) < 500) return false;
+  const headers = Object.entries(error.headers ?? {});
+  return headers.some(([name, value]) => name.toLowerCase() === "idempotent-replayed" && value === "true");
+}
+
 function secondsUntil(iso: string): number {
   return Math.max(1, Math.ceil((Date.parse(iso) - Date.now()) / 1000));
-}
-
-/** The store over the Postgres RPCs of the `stripe_idempotency` migration (default: the service client). */
-export function stripeOperationStore(client?: SupabaseClient): StripeOperationStore {
-  const finish = (fn: string, op: StripeOperation, args: Record<string, unknown>) =>
-    recordOutcome(
-      op,
-      () => rpc(fn, { p_operation_type: op.operationType, p_operation_id: op.operationId, ...args }, client),
-    );
-  return {
-    async claim(op, candidateKey, leaseSeconds) {
-      const row = await rpc<ClaimRow>("claim_stripe_operation", {
-        p_operation_type: op.operationType,
-        p_operation_id: op.operationId,
-        p_stripe_idempotency_key: candidateKey,
-        p_params: op.params,
-        p_user_id: op.userId ?? null,
-        p_metadata: op.metadata ?? {},
-        p_lease_seconds: leaseSeconds,
-      }, client);
-      return stripeClaimOf(row);
-    },
-    async complete(op, fencingToken, resourceId, response) {
-      await finish("complete_stripe_operation", op, {
-        p_fencing_token: fencingToken,
-        p_stripe_resource_id: resourceId,
-        p_response: response,
-      });
-    },
-    async fail(op, fencingToken, error) {
-      await finish("fail_stripe_operation", op, { p_fencing_token: fencingToken, p_error: error });
-    },
-    async release(op, fencingToken, reason) {
-      await finish("release_stripe_operation", op, { p_fencing_token: fencingToken, p_error: reason });
-    },
-  };
-}
-
-export interface ClaimRow {
-  outcome: "acquired" | "replay" | "in_progress" | "mismatch";
-  status: "in_progress" | "completed" | "failed" | "needs_attention";
-  stripe_idempotency_key: string;
-  fencing_token: number;
-  attempts: number;
-  locked_until: string | null;
-  request_params: Json;
-  stripe_resource_id: string | null;
-  response: Json;
-  error: Json;
-}
-
-/** A claim as the claiming RPC answers it (claim_stripe_operation, or a merged RPC that includes it). */
-export function stripeClaimOf(row: ClaimRow): StripeClaim {
-  switch (row.outcome) {
-    case "acquired":
-      return { outcome: "acquired", stripeKey: row.stripe_idempotency_key, fencingToken: row.fencing_token };
-    case "replay":
-      if (row.status === "needs_attention") return { outcome: "needs_attention" };
-      if (row.status === "failed") {
-        return { outcome: "replay", status: "failed", error: row.error as unknown as StripeFailure };
-      }
-      return {
-        outcome: "replay",
-        status: "completed",
-        resourceId: row.stripe_resource_id!,
-        response: row.response,
-      };
-    case "in_progress":
-      return { outcome: "in_progress", lockedUntil: row.locked_until! };
-    default:
-      return { outcome: "mismatch" };
-  }
-}
-
-/**
- * Runs a finishing RPC (complete, fail, release, or a business RPC that includes one). A refusal
- * (`PT409`: a newer holder took the operation over) means the operation is in progress elsewhere.
- */
-export async function recordOutcome<T>(
-  op: Pick<StripeOperation, "operationType" | "operationId">,
-  call: () => Promise<T>,
-): Promise<T> {
-  try {
-    return await call();
-  } catch (e) {
-    if (e instanceof RpcError && e.code === "PT409") {
-      const name = `${op.operationType}/${op.operationId}`;
-      log("warn", "a newer holder owns the operation", { operation: name, error: e });
-      throw new OperationInProgressError(`Operation '${name}'`, 1);
-    }
-    throw e;
-  }
-}
-
-const KEY_PART = /^[^\s]+$/;
-
-/**
- * A Stripe idempotency key for an operation: `operation_type:stable_id:UUID`. Throws when a part is
- * empty or has white space, or when the key would exceed Stripe's 255 characters.
- */
-export function generateIdempotencyKey(operationType: string, stableId: string): string {
-  if (!KEY_PART.test(operationType)) {
-    throw new Error(`Invalid operation type '${operationType}': empty or with white space`);
-  }
-  if (!KEY_PART.test(stableId)) throw new Error(`Invalid stable id '${stableId}': empty or with white space`);
-  const key = `${operationType}:${stableId}:${crypto.randomUUID()}`;
-  if (key.length > 255) {
-    throw new Error(`Idempotency key for '${operationType}:${stableId}' exceeds 255 characters`);
-  }
-  return key;
-}
-
-/**
- * The old plan's generator, kept for its callers: the client's `x-idempotency-key` header when sent,
- * else the parts joined by `:` (with a UUID appended when the first part names an operation type).
- * New code uses `withStripeIdempotency`, whose key is stored once and reused by every retry.
- * @deprecated
- */
-export function generateIdempotencyKeyLegacy(parts: string[], req?: Request): string {
-  const clientKey = req?.headers.get("x-idempotency-key");
-  const joined = parts.filter(Boolean).join(":");
-  const key = clientKey ??
-    (parts.length >= 2 && parts[0].includes(":") ? `${joined}:${crypto.randomUUID()}` : joined);
-  if (!/^[\x21-\x7e]{1,255}$/.test(key)) {
-    throw new Error(
-      `Invalid idempotency key '${key.slice(0, 40)}': 1 to 255 visible ASCII characters expected`,
-    );
-  }
-  return key;
 }

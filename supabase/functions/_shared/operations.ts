@@ -1,94 +1,195 @@
 /**
- * Every Stripe side effect of the product, in one table: the Stripe call, the fields kept to answer
- * again, and the RPCs that record its outcome together with the business row (the order, refund or
- * payout) in one transaction. The functions run them with `runOperation`; the reconciler re-drives a
- * stalled one from its stored parameters with the same table.
+ * Every Stripe side effect of the product, one declaration each: its operation type, the strict schema of
+ * the parameters it sends (as Stripe accepts them at API 2026-10-28.endive), the Stripe call, the fields
+ * kept to answer again, how its object is looked up in Stripe when its key can no longer settle it, and
+ * the RPCs that record its outcome together with its business row (the order, refund or payout) in one
+ * transaction. The functions, the reconciler and operators' resolution all run operations from here;
+ * `private.stripe_operation_types` is the SQL side of the same list (a test holds the two together).
+ *
+ * Adding an operation: one declaration here, one migration (its business row, its parameter builder,
+ * its create/complete/fail RPCs and its row in `private.stripe_operation_types`), one function.
  * @module
  */
 import {
-  type Json,
-  recordOutcome,
-  type StripeClaim,
-  type StripeOperationStore,
-  stripeOperationStore,
+  IDEMPOTENCY_DEFAULTS,
+  type LookupResult,
   type StripeResult,
   withStripeIdempotency,
 } from "./idempotency.ts";
+import {
+  type ClaimRow,
+  type Json,
+  recordOutcome,
+  stripeClaimOf,
+  type StripeOperationStore,
+  stripeOperationStore,
+} from "./idempotency_store.ts";
+import { checkoutSessionSchema, refundSchema, transferSchema } from "./stripe_contract.ts";
 import { type Stripe, stripeClient } from "./stripe.ts";
 import { rpc } from "./supabase.ts";
+import type { z } from "./validate.ts";
 
-/** The operation types. */
-export type OperationType = "checkout:create" | "refund:create" | "payout:create";
+/** Where a look-up starts from: the operation's id, its stored parameters, and when it was created. */
+export interface LookupContext<P> {
+  operationId: string;
+  params: P;
+  /** When the operation was first claimed (unix seconds): nothing of it at Stripe is older. */
+  createdAt: number;
+}
 
-interface OperationSpec {
-  /** The business id's parameter in the recording RPCs. */
+/** One Stripe operation, declared once. `P` is the parameters as sent, `R` the Stripe object it makes. */
+export interface OperationDeclaration<P, R extends { id: string }, T extends string = string> {
+  type: T;
+  /** The business row's id parameter of the complete and fail RPCs (`(id uuid, fencing_token, jsonb)`). */
   idArg: string;
   complete: string;
   fail: string;
-  create(stripe: Stripe, params: Json, stripeKey: string): Promise<{ id: string }>;
-  pick(result: never): Json;
+  /** The parameters as Stripe accepts them when sent at `now` (unix seconds); strict. */
+  schema(now: number): z.ZodType<P>;
+  send(stripe: Stripe, params: P, idempotencyKey: string): Promise<R>;
+  /** The fields kept to answer again (and handed to the complete RPC). */
+  pick(result: R): Json;
+  /** Finds the object in Stripe by what the product put on it. */
+  lookup(stripe: Stripe, context: LookupContext<P>): Promise<LookupResult<R>>;
 }
 
-// The SDK's parameter types are checked where the parameters are built; here they are stored JSON.
-// deno-lint-ignore no-explicit-any
-type AnyParams = any;
+/** The one object of `candidates` that `isOurs`, proof there is none, or undecided when there are several. */
+function single<R extends { id: string }>(candidates: R[], where: string): LookupResult<R> {
+  if (candidates.length === 1) return { found: candidates[0] };
+  if (candidates.length === 0) return { absent: `none in ${where}` };
+  return { undecided: { reason: `several objects in ${where}`, ids: candidates.map((c) => c.id) } };
+}
 
-/** What each operation calls and how its outcome is recorded. */
-export const OPERATIONS: Record<OperationType, OperationSpec> = {
-  "checkout:create": {
-    idArg: "p_order_id",
-    complete: "complete_checkout_session",
-    fail: "fail_checkout_session",
-    create: (stripe, params, key) =>
-      stripe.checkout.sessions.create(params as AnyParams, { idempotencyKey: key }),
-    pick: (s: Stripe.Checkout.Session) => ({
-      id: s.id,
-      url: s.url,
-      client_secret: s.client_secret,
-      expires_at: s.expires_at,
-      amount_total: s.amount_total,
-      currency: s.currency,
-    }),
-  },
-  "refund:create": {
-    idArg: "p_refund_id",
-    complete: "complete_refund",
-    fail: "fail_refund",
-    create: (stripe, params, key) => stripe.refunds.create(params as AnyParams, { idempotencyKey: key }),
-    pick: (r: Stripe.Refund) => ({ id: r.id, status: r.status, amount: r.amount, currency: r.currency }),
-  },
-  "payout:create": {
-    idArg: "p_payout_id",
-    complete: "complete_payout",
-    fail: "fail_payout",
-    create: (stripe, params, key) => stripe.transfers.create(params as AnyParams, { idempotencyKey: key }),
-    pick: (t: Stripe.Transfer) => ({
-      id: t.id,
-      amount: t.amount,
-      currency: t.currency,
-      destination: t.destination as string,
-    }),
-  },
+/** Collects the items of a Stripe list (all pages) that satisfy `keep`. */
+async function collect<T>(list: AsyncIterable<T>, keep: (item: T) => boolean): Promise<T[]> {
+  const out: T[] = [];
+  for await (const item of list) if (keep(item)) out.push(item);
+  return out;
+}
+
+/** Seconds of clock difference allowed between our database and Stripe when searching by creation time. */
+const CLOCK_SKEW_SECONDS = 300;
+
+const checkoutCreate: OperationDeclaration<
+  Stripe.Checkout.SessionCreateParams,
+  Stripe.Checkout.Session,
+  "checkout:create"
+> = {
+  type: "checkout:create",
+  idArg: "p_order_id",
+  complete: "complete_checkout_session",
+  fail: "fail_checkout_session",
+  schema: checkoutSessionSchema,
+  send: (stripe, params, key) => stripe.checkout.sessions.create(params, { idempotencyKey: key }),
+  pick: (s) => ({
+    id: s.id,
+    url: s.url,
+    client_secret: s.client_secret,
+    expires_at: s.expires_at,
+    amount_total: s.amount_total,
+    currency: s.currency,
+  }),
+  // Sessions cannot be searched by metadata: list those created since the operation began.
+  lookup: async (stripe, { operationId, params, createdAt }) =>
+    single(
+      await collect(
+        stripe.checkout.sessions.list({ created: { gte: createdAt - CLOCK_SKEW_SECONDS }, limit: 100 }),
+        (s) => s.metadata?.order_id === operationId && s.client_reference_id === params.client_reference_id,
+      ),
+      `Checkout Sessions created since ${
+        createdAt - CLOCK_SKEW_SECONDS
+      } with metadata.order_id ${operationId}`,
+    ),
 };
 
+const refundCreate: OperationDeclaration<Stripe.RefundCreateParams, Stripe.Refund, "refund:create"> = {
+  type: "refund:create",
+  idArg: "p_refund_id",
+  complete: "complete_refund",
+  fail: "fail_refund",
+  schema: () => refundSchema,
+  send: (stripe, params, key) => stripe.refunds.create(params, { idempotencyKey: key }),
+  pick: (r) => ({ id: r.id, status: r.status, amount: r.amount, currency: r.currency }),
+  lookup: async (stripe, { operationId, params }) =>
+    single(
+      await collect(
+        stripe.refunds.list({ payment_intent: params.payment_intent, limit: 100 }),
+        (r) => r.metadata?.refund_id === operationId,
+      ),
+      `the refunds of ${params.payment_intent} with metadata.refund_id ${operationId}`,
+    ),
+};
+
+const payoutCreate: OperationDeclaration<Stripe.TransferCreateParams, Stripe.Transfer, "payout:create"> = {
+  type: "payout:create",
+  idArg: "p_payout_id",
+  complete: "complete_payout",
+  fail: "fail_payout",
+  schema: () => transferSchema,
+  send: (stripe, params, key) => stripe.transfers.create(params, { idempotencyKey: key }),
+  pick: (t) => ({
+    id: t.id,
+    amount: t.amount,
+    currency: t.currency,
+    destination: typeof t.destination === "string" ? t.destination : t.destination?.id ?? null,
+  }),
+  lookup: async (stripe, { operationId, params }) =>
+    single(
+      await collect(
+        stripe.transfers.list({ transfer_group: params.transfer_group, limit: 100 }),
+        (t) => t.metadata?.payout_id === operationId,
+      ),
+      `the transfers of group ${params.transfer_group} with metadata.payout_id ${operationId}`,
+    ),
+};
+
+// The declarations' parameter and object types differ; the registry holds them side by side.
+// deno-lint-ignore no-explicit-any
+type AnyDeclaration = OperationDeclaration<any, any>;
+
+/** The registry: every Stripe operation of the product. */
+export const OPERATIONS = {
+  [checkoutCreate.type]: checkoutCreate,
+  [refundCreate.type]: refundCreate,
+  [payoutCreate.type]: payoutCreate,
+} as const satisfies Record<string, AnyDeclaration>;
+
+/** The operation types. */
+export type OperationType = keyof typeof OPERATIONS;
+
+/** True when `type` is a declared operation type. */
+export function isOperationType(type: string): type is OperationType {
+  return Object.hasOwn(OPERATIONS, type);
+}
+
+/** How `runOperation` is to run. */
+export interface RunOptions {
+  /** The claim, as a claiming RPC answered it (a business RPC claims in its own transaction). */
+  claim: ClaimRow;
+  userId?: string | null;
+  leaseSeconds?: number;
+  /** Records the outcome instead of the operation's complete RPC (to merge it into a later RPC). */
+  complete?: (fencingToken: number, response: Json) => Promise<Json | void>;
+}
+
 /**
- * Runs operation `type` for the business row `id` with Stripe parameters `params` through the
+ * Runs operation `type` for the business row `id` with its stored Stripe parameters `params` through the
  * idempotency core (see `withStripeIdempotency` for what it throws).
+ *
+ * ```ts
+ * const { refund, stripe } = await rpc("create_refund", { ... }); // the row and its claim, one transaction
+ * const { resourceId, recorded } = await runOperation("refund:create", refund.refund_id, stripe.request_params, {
+ *   claim: stripe,
+ * });
+ * ```
  */
 export function runOperation(
   type: OperationType,
   id: string,
   params: Json,
-  options: {
-    userId?: string | null;
-    leaseSeconds?: number;
-    /** A claim already made (the reconciler's bulk claim, or a merged RPC such as start_checkout). */
-    claim?: StripeClaim;
-    /** Records the outcome instead of the operation's complete RPC (to merge it into a later RPC). */
-    complete?: (fencingToken: number, response: Json) => Promise<Json | void>;
-  } = {},
+  options: RunOptions,
 ): Promise<StripeResult> {
-  const spec = OPERATIONS[type];
+  const declaration: AnyDeclaration = OPERATIONS[type];
   const op = {
     operationType: type,
     operationId: id,
@@ -96,21 +197,27 @@ export function runOperation(
     userId: options.userId,
   };
   const record = (fn: string, args: Record<string, unknown>) =>
-    recordOutcome(op, () => rpc<Json>(fn, { [spec.idArg]: id, ...args }));
+    recordOutcome(op, () => rpc<Json>(fn, { [declaration.idArg]: id, ...args }));
   const store: StripeOperationStore = {
     ...stripeOperationStore(),
     complete: (_op, token, _resourceId, response) =>
       options.complete
         ? options.complete(token, response)
-        : record(spec.complete, { p_fencing_token: token, p_result: response }),
-    fail: async (_op, token, error) => {
-      await record(spec.fail, { p_fencing_token: token, p_error: error });
-    },
+        : record(declaration.complete, { p_fencing_token: token, p_result: response }),
+    fail: (_op, token, error) =>
+      record(declaration.fail, { p_fencing_token: token, p_error: error as unknown as Json }),
   };
-  return withStripeIdempotency(op, (key) => spec.create(stripeClient(), params, key), {
+  return withStripeIdempotency(op, (key) => declaration.send(stripeClient(), params, key), {
     store,
-    pick: spec.pick as (r: { id: string }) => Json,
-    leaseSeconds: options.leaseSeconds,
-    claim: options.claim,
+    claim: stripeClaimOf(options.claim),
+    pick: declaration.pick,
+    leaseSeconds: options.leaseSeconds ?? IDEMPOTENCY_DEFAULTS.stripeLeaseSeconds,
+    sendable: () => declaration.schema(Math.floor(Date.now() / 1000)).safeParse(params).success,
+    lookup: (createdAt) =>
+      declaration.lookup(stripeClient(), {
+        operationId: id,
+        params,
+        createdAt: Math.floor(Date.parse(createdAt) / 1000),
+      }),
   });
 }

@@ -19,6 +19,7 @@ export class RpcError extends Error {
     readonly hint: string | null = null,
   ) {
     super(`${fn}: ${message}`);
+    this.name = "RpcError";
   }
 }
 
@@ -56,8 +57,8 @@ export async function rpc<T>(
   let result;
   try {
     result = await client.rpc(fn, args);
-  } catch {
-    throw new StoreUnavailableError();
+  } catch (e) {
+    throw new StoreUnavailableError(undefined, { cause: e });
   }
   const { data, error, status } = result;
   if (!error) return data as T;

@@ -4,7 +4,8 @@
 // the Stripe refund in the same transaction.
 import { requireUser } from "../_shared/auth.ts";
 import { handler, json, readJson } from "../_shared/http.ts";
-import { type ClaimRow, generateIdempotencyKey, stripeClaimOf } from "../_shared/idempotency.ts";
+import { generateIdempotencyKey } from "../_shared/idempotency_keys.ts";
+import type { ClaimRow } from "../_shared/idempotency_store.ts";
 import { withIdempotencyKey } from "../_shared/idempotency_http.ts";
 import { runOperation } from "../_shared/operations.ts";
 import { rpc } from "../_shared/supabase.ts";
@@ -46,7 +47,7 @@ Deno.serve(handler("refunds", async (req) => {
       stripe.request_params,
       {
         userId: user.id,
-        claim: stripeClaimOf(stripe),
+        claim: stripe,
       },
     );
     const state = (recorded ?? refund) as Refund;

@@ -1,60 +1,57 @@
 // POST /functions/v1/stripe-reconcile: the scheduled reconciler, for the service role only.
-// - re-drives Stripe operations whose lease ran out, with their stored key and parameters (Stripe
-//   deduplicates what already happened); older than ~23 hours, or without stored parameters, they are
-//   not re-sent but marked needs_attention and reported;
+// - settles Stripe operations whose lease ran out, through their declaration in _shared/operations.ts:
+//   re-sent with their stored key and parameters (Stripe deduplicates what already happened), or looked
+//   up in Stripe when the key can no longer settle them (past Stripe's 24 h key window, no stored
+//   parameters); operations a look-up could not decide are looked at again every 15 minutes;
 // - expires unpaid orders whose holds ran out, and purges expired idempotency rows, old processed
 //   webhook events and old rate-limit windows, each in one bounded batch.
 // Safe to run concurrently with itself: the claims use `for update skip locked`.
 import { requireServiceRole } from "../_shared/auth.ts";
-import { StripeOutcomeUnknownError, StripeRejectedError } from "../_shared/errors.ts";
+import {
+  OperationNeedsAttentionError,
+  StripeOutcomeUnknownError,
+  StripeRejectedError,
+} from "../_shared/errors.ts";
 import { handler, json } from "../_shared/http.ts";
-import type { Json } from "../_shared/idempotency.ts";
+import { type ClaimRow, type Json, stripeOperationStore } from "../_shared/idempotency_store.ts";
 import { log } from "../_shared/log.ts";
-import { OPERATIONS, type OperationType, runOperation } from "../_shared/operations.ts";
+import { isOperationType, runOperation } from "../_shared/operations.ts";
 import { rpc } from "../_shared/supabase.ts";
 
-interface Claimed {
-  operation_type: string;
-  operation_id: string;
-  stripe_idempotency_key: string;
-  fencing_token: number;
-  request_params: Json;
-}
+type Claimed = ClaimRow & { operation_type: string; operation_id: string };
 
 Deno.serve(handler("stripe-reconcile", async (req, { requestId }) => {
   await requireServiceRole(req);
-  const stale = await rpc<{ claimed: Claimed[]; needs_attention: Json[] }>(
-    "claim_stale_stripe_operations",
-    {},
-  );
-  const redriven = { completed: 0, failed: 0, unknown: 0, errors: 0 };
-  for (const op of stale.claimed) {
-    const type = op.operation_type as OperationType;
+  const stale = await rpc<{ claimed: Claimed[] }>("claim_stale_stripe_operations", {});
+  const settled = { completed: 0, failed: 0, unknown: 0, attention: 0, errors: 0 };
+  const needsAttention: Json[] = [];
+  for (const row of stale.claimed) {
+    const operation = `${row.operation_type}/${row.operation_id}`;
     try {
-      if (!(type in OPERATIONS)) throw new Error(`No Stripe call is defined for '${op.operation_type}'`);
-      await runOperation(type, op.operation_id, op.request_params, {
-        claim: {
-          outcome: "acquired",
-          stripeKey: op.stripe_idempotency_key,
-          fencingToken: op.fencing_token,
-        },
-      });
-      redriven.completed++;
-    } catch (e) {
-      if (e instanceof StripeRejectedError) redriven.failed++;
-      else if (e instanceof StripeOutcomeUnknownError) redriven.unknown++;
-      else {
-        redriven.errors++;
-        log("error", "re-driving an operation failed", {
-          operation: `${op.operation_type}/${op.operation_id}`,
-          error: e,
+      if (!isOperationType(row.operation_type)) {
+        const op = { operationType: row.operation_type, operationId: row.operation_id, params: {} };
+        await stripeOperationStore().attention(op, row.fencing_token, {
+          reason: `no declaration for operation type '${row.operation_type}'`,
         });
+        throw new OperationNeedsAttentionError(`Operation '${operation}'`);
+      }
+      await runOperation(row.operation_type, row.operation_id, row.request_params, { claim: row });
+      settled.completed++;
+    } catch (e) {
+      if (e instanceof StripeRejectedError) settled.failed++;
+      else if (e instanceof StripeOutcomeUnknownError) settled.unknown++;
+      else if (e instanceof OperationNeedsAttentionError) {
+        settled.attention++;
+        needsAttention.push({ operation_type: row.operation_type, operation_id: row.operation_id });
+      } else {
+        settled.errors++;
+        log("error", "settling an operation failed", { request_id: requestId, operation, error: e });
       }
     }
   }
   const housekeeping = await rpc<Record<string, Json>>("reconcile_housekeeping", { p_batch_size: 1000 });
-  const report = { redriven, needs_attention: stale.needs_attention, ...housekeeping };
-  log(stale.needs_attention.length ? "warn" : "info", "reconcile report", {
+  const report = { settled, needs_attention: needsAttention, ...housekeeping };
+  log(needsAttention.length || settled.errors ? "warn" : "info", "reconcile report", {
     request_id: requestId,
     ...report,
   });

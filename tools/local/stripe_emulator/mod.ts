@@ -437,6 +437,14 @@ export class StripeEmulator {
       if ((ids = at("/v1/transfers/:id/reversals"))) return R.reverseTransfer(s, ids[0], p);
     }
     if (method === "GET") {
+      // Lists with the filters a product looks its objects up by (docs.stripe.com/api/pagination).
+      if (at("/v1/checkout/sessions")) {
+        return R.list(s.sessions, path, p, ["created", "payment_intent", "status"]);
+      }
+      if (at("/v1/refunds")) return R.list(s.refunds, path, p, ["created", "payment_intent", "charge"]);
+      if (at("/v1/transfers")) {
+        return R.list(s.transfers, path, p, ["created", "transfer_group", "destination"]);
+      }
       if ((ids = at("/v1/checkout/sessions/:id"))) return R.getCheckoutSession(s, ids[0]);
       if ((ids = at("/v1/payment_intents/:id"))) return R.getPaymentIntent(s, ids[0]);
       if ((ids = at("/v1/refunds/:id"))) return R.getRefund(s, ids[0]);

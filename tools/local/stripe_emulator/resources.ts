@@ -541,3 +541,46 @@ export function reverseTransfer(state: State, id: string, p: Params): StripeObje
   event(state, "transfer.reversed", transfer);
   return reversal;
 }
+
+/**
+ * GET on a collection: `{object: "list", data, has_more, url}`, newest first, `limit` (1-100, default 10),
+ * `starting_after` / `ending_before`, and equality filters on `filters` (`created` also as a range with
+ * gt/gte/lt/lte) (docs.stripe.com/api/pagination).
+ */
+export function list(
+  objects: Map<string, StripeObject>,
+  url: string,
+  p: Params,
+  filters: string[],
+): StripeObject {
+  for (const name of Object.keys(p)) {
+    if (![...filters, "limit", "starting_after", "ending_before", "expand"].includes(name)) {
+      throw invalid(`Received unknown parameter: ${name}`, name, "parameter_unknown");
+    }
+  }
+  const limit = int(p, "limit", "limit", 1) ?? 10;
+  if (limit > 100) throw invalid("Invalid limit: must be at most 100", "limit");
+  const matches = (o: StripeObject) =>
+    filters.every((name) => {
+      const want = p[name];
+      if (want === undefined) return true;
+      if (name === "created" && typeof want === "object" && !Array.isArray(want)) {
+        const at = o.created as number;
+        const bound = (k: string) => (typeof want[k] === "string" ? Number(want[k]) : undefined);
+        return (bound("gt") === undefined || at > bound("gt")!) &&
+          (bound("gte") === undefined || at >= bound("gte")!) &&
+          (bound("lt") === undefined || at < bound("lt")!) &&
+          (bound("lte") === undefined || at <= bound("lte")!);
+      }
+      return String(o[name]) === want;
+    });
+  // Maps keep insertion order: reversed, newest first.
+  let all = [...objects.values()].reverse().filter(matches);
+  const after = str(p, "starting_after");
+  const before = str(p, "ending_before");
+  if (after) all = all.slice(all.findIndex((o) => o.id === after) + 1);
+  const end = before ? Math.max(0, all.findIndex((o) => o.id === before)) : all.length;
+  const data = before ? all.slice(Math.max(0, end - limit), end) : all.slice(0, limit);
+  const hasMore = before ? end > limit : all.length > limit;
+  return { id: "", object: "list", data, has_more: hasMore, url } as StripeObject;
+}
