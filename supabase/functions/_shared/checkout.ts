@@ -21,6 +21,7 @@ import {
   withIdempotencyKey,
 } from "./idempotency_http.ts";
 import { runOperation } from "./operations.ts";
+import { UI_MODE_OF } from "./stripe_contract.ts";
 import { rpc } from "./supabase.ts";
 import { z } from "./validate.ts";
 
@@ -28,7 +29,8 @@ import { z } from "./validate.ts";
 export const CheckoutBody = z.strictObject({
   event_id: z.uuid(),
   items: z.array(z.strictObject({ tier_id: z.uuid(), quantity: z.int().min(1).max(100) })).min(1).max(20),
-  ui_mode: z.enum(["hosted", "embedded"]).optional(),
+  /** The project's own values; sent to Stripe as `hosted_page` / `embedded_page` (stripe_contract.ts). */
+  ui_mode: z.enum(Object.keys(UI_MODE_OF) as [keyof typeof UI_MODE_OF]).optional(),
 });
 
 /** The body of guest-checkout: the same plus the buyer's email, trimmed and lower-cased. */

@@ -8,12 +8,14 @@ import { generateIdempotencyKey } from "../_shared/idempotency_keys.ts";
 import type { ClaimRow } from "../_shared/idempotency_store.ts";
 import { withIdempotencyKey } from "../_shared/idempotency_http.ts";
 import { runOperation } from "../_shared/operations.ts";
+import { CURRENCIES, type Currency, MAX_AMOUNT } from "../_shared/stripe_contract.ts";
 import { rpc } from "../_shared/supabase.ts";
 import { parseBody, z } from "../_shared/validate.ts";
 
 const PayoutBody = z.strictObject({
-  amount_cents: z.int().min(1).max(100_000_000_000),
-  currency: z.string().regex(/^[A-Za-z]{3}$/).transform((c) => c.toLowerCase()).optional(),
+  amount_cents: z.int().min(1).max(MAX_AMOUNT),
+  currency: z.string().toLowerCase().pipe(z.enum(Object.keys(CURRENCIES) as [Currency, ...Currency[]]))
+    .optional(),
 });
 
 interface Payout {

@@ -8,13 +8,15 @@ import { generateIdempotencyKey } from "../_shared/idempotency_keys.ts";
 import type { ClaimRow } from "../_shared/idempotency_store.ts";
 import { withIdempotencyKey } from "../_shared/idempotency_http.ts";
 import { runOperation } from "../_shared/operations.ts";
+import { MAX_AMOUNT, REFUND_REASONS } from "../_shared/stripe_contract.ts";
 import { rpc } from "../_shared/supabase.ts";
 import { parseBody, z } from "../_shared/validate.ts";
 
 const RefundBody = z.strictObject({
   order_id: z.uuid(),
-  amount_cents: z.int().min(1).max(100_000_000).optional(),
-  reason: z.enum(["duplicate", "fraudulent", "requested_by_customer"]).optional(),
+  amount_cents: z.int().min(1).max(MAX_AMOUNT).optional(),
+  // `fraudulent` only for platform admins (create_refund)
+  reason: z.enum(REFUND_REASONS).optional(),
 });
 
 interface Refund {
