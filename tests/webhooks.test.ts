@@ -112,6 +112,40 @@ ledgerTest("a forged, missing or stale signature is 400 and nothing is stored", 
   assert.equal((await post(stack, payload, good)).status, 200, "the genuine delivery still works");
 });
 
+ledgerTest(
+  "a thin event or an event of another API version gets its own 400, and nothing is stored",
+  async (stack) => {
+    const thin = JSON.stringify({
+      id: `evt_${uid().replaceAll("-", "")}`,
+      object: "v2.core.event",
+      type: "v1.checkout.session.completed",
+      created: new Date().toISOString(),
+      related_object: { id: "cs_test_1", type: "checkout.session", url: "/v1/checkout/sessions/cs_test_1" },
+    });
+    const thinAnswer = await post(stack, thin, await stack.stripe!.signature(thin));
+    assert.deepEqual([thinAnswer.status, thinAnswer.body.type], [400, "/problems/thin-event"]);
+    assert.match(thinAnswer.body.detail as string, /snapshot payloads/);
+
+    const old = JSON.stringify({
+      id: `evt_${uid().replaceAll("-", "")}`,
+      object: "event",
+      api_version: "2024-06-20",
+      type: "checkout.session.completed",
+      created: Math.floor(Date.now() / 1000),
+      data: { object: { id: "cs_test_1", object: "checkout.session" } },
+    });
+    const oldAnswer = await post(stack, old, await stack.stripe!.signature(old));
+    assert.deepEqual([oldAnswer.status, oldAnswer.body.type], [400, "/problems/unsupported-api-version"]);
+    assert.match(oldAnswer.body.detail as string, /2026-10-28\.endive/);
+    const stored = await one<{ n: number }>(
+      stack,
+      "select count(*)::int as n from public.stripe_webhook_events where stripe_event_id = any($1)",
+      [[JSON.parse(thin).id, JSON.parse(old).id]],
+    );
+    assert.equal(stored.n, 0);
+  },
+);
+
 ledgerTest("two different events for one session credit the organiser once", async (stack) => {
   const organiser = await newOrganiser(stack);
   const order = await openOrder(stack, organiser);

@@ -5,7 +5,7 @@
 import { HttpError } from "../_shared/errors.ts";
 import { handler, json, readText } from "../_shared/http.ts";
 import { log } from "../_shared/log.ts";
-import { Stripe, stripeClient } from "../_shared/stripe.ts";
+import { Stripe, STRIPE_API_VERSION, stripeClient } from "../_shared/stripe.ts";
 import { rpc } from "../_shared/supabase.ts";
 
 /** Stripe's events are well under this; a larger body is not one of them. */
@@ -29,12 +29,21 @@ Deno.serve(handler("stripe-webhook", async (req, { requestId }) => {
       crypto,
     );
   } catch (e) {
-    log("warn", "webhook signature refused", { request_id: requestId, error: e });
+    throw refusal(e, payload, requestId);
+  }
+  // The payload's shape is the endpoint's API version, fixed when the endpoint was created
+  // (WebhookEndpoints.d.ts, api_version): this code reads the shapes of the SDK's version only.
+  if (event.api_version && event.api_version !== STRIPE_API_VERSION) {
+    log("error", "webhook event of another API version", {
+      request_id: requestId,
+      event_id: event.id,
+      api_version: event.api_version,
+    });
     throw new HttpError(
       400,
-      "invalid-signature",
-      "Invalid signature",
-      "The Stripe-Signature header does not match this payload",
+      "unsupported-api-version",
+      "Unsupported API version",
+      `Event ${event.id} is rendered for API ${event.api_version}; create the webhook endpoint with api_version ${STRIPE_API_VERSION} (Stripe delivers it again meanwhile)`,
     );
   }
 
@@ -55,3 +64,40 @@ Deno.serve(handler("stripe-webhook", async (req, { requestId }) => {
   }
   return json(200, { received: true, event_id: event.id, status: result.status });
 }));
+
+/**
+ * Why a delivery was refused: a bad or missing signature, or a signed "thin" event (`v2.core.event`,
+ * which carries no object: docs.stripe.com/changelog, thin events for API v1 resources), which this
+ * endpoint cannot use; it needs snapshot payloads.
+ */
+function refusal(error: unknown, payload: string, requestId: string): HttpError {
+  if (
+    !(error instanceof Stripe.errors.StripeSignatureVerificationError) &&
+    objectOf(payload) === "v2.core.event"
+  ) {
+    log("error", "a thin event was delivered; the endpoint needs snapshot payloads", {
+      request_id: requestId,
+    });
+    return new HttpError(
+      400,
+      "thin-event",
+      "Thin event not supported",
+      "This endpoint processes snapshot events; configure the Stripe event destination with snapshot payloads",
+    );
+  }
+  log("warn", "webhook signature refused", { request_id: requestId, error });
+  return new HttpError(
+    400,
+    "invalid-signature",
+    "Invalid signature",
+    "The Stripe-Signature header does not match this payload",
+  );
+}
+
+function objectOf(payload: string): unknown {
+  try {
+    return JSON.parse(payload)?.object;
+  } catch {
+    return undefined;
+  }
+}
