@@ -139,6 +139,7 @@ export async function wallet(organiser: { client: SupabaseClient }) {
     currency: string;
     balance_cents: number;
     available_cents: number;
+    pending_funds_cents: number;
     pending_payout_cents: number;
   };
 }

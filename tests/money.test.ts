@@ -43,7 +43,13 @@ ledgerTest(
     assert.deepEqual(counts, { sales: 1, tickets: 3, sold: 3, held: 0 });
     assert.deepEqual(
       await wallet(organiser),
-      { currency: "usd", balance_cents: 7500, available_cents: 7500, pending_payout_cents: 0 } as never,
+      {
+        currency: "usd",
+        balance_cents: 7500,
+        available_cents: 7500,
+        pending_funds_cents: 0,
+        pending_payout_cents: 0,
+      } as never,
     );
   },
 );
@@ -174,6 +180,7 @@ ledgerTest(
       currency: "usd",
       balance_cents: before.available_cents - 2 * amount,
       available_cents: before.available_cents - 2 * amount,
+      pending_funds_cents: 0,
       pending_payout_cents: 0,
     });
     assert.ok(after.available_cents >= 0);
@@ -588,6 +595,7 @@ ledgerTest(
       currency: "usd",
       balance_cents: 10_000 - 1500,
       available_cents: 10_000 - 1500,
+      pending_funds_cents: 0,
       pending_payout_cents: 0,
     });
 

@@ -380,6 +380,7 @@ ledgerTest(
       currency: "usd",
       balance_cents: 10_000 - 6000 + 2500,
       available_cents: 10_000 - 6000 + 2500,
+      pending_funds_cents: 0,
       pending_payout_cents: 0,
     });
     await expireLease(stack, payout.id);

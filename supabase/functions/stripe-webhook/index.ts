@@ -47,7 +47,10 @@ Deno.serve(handler("stripe-webhook", async (req, { requestId }) => {
     );
   }
 
-  const result = await rpc<{ status: string; error?: string }>("handle_stripe_event", { p_event: event });
+  const result = await rpc<{ status: string; error?: string }>("handle_stripe_event", {
+    p_event: event,
+    p_charge: await chargeOfPaidSession(event),
+  });
   if (result.status === "failed") {
     log("error", "webhook event failed; Stripe will deliver it again", {
       request_id: requestId,
@@ -64,6 +67,25 @@ Deno.serve(handler("stripe-webhook", async (req, { requestId }) => {
   }
   return json(200, { received: true, event_id: event.id, status: result.status });
 }));
+
+/**
+ * The charge of a paid Checkout Session, with its balance transaction: when the sale's funds become
+ * available at Stripe (`available_on`), which payouts wait for (docs/adr/0007). Null for other events.
+ * Throws when Stripe cannot be reached: the delivery then fails and Stripe sends it again.
+ */
+async function chargeOfPaidSession(event: Stripe.Event): Promise<Stripe.Charge | null> {
+  if (
+    event.type !== "checkout.session.completed" && event.type !== "checkout.session.async_payment_succeeded"
+  ) {
+    return null;
+  }
+  const session = event.data.object;
+  if (session.payment_status !== "paid" || typeof session.payment_intent !== "string") return null;
+  const intent = await stripeClient().paymentIntents.retrieve(session.payment_intent, {
+    expand: ["latest_charge.balance_transaction"],
+  });
+  return typeof intent.latest_charge === "object" ? intent.latest_charge : null;
+}
 
 /**
  * Why a delivery was refused: a bad or missing signature, or a signed "thin" event (`v2.core.event`,
