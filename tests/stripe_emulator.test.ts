@@ -2,11 +2,18 @@
 // objects, the injected faults, and signed webhooks that the SDK itself verifies.
 import assert from "node:assert/strict";
 import { Stripe } from "../supabase/functions/_shared/stripe.ts";
-import { startStripeEmulator, type StripeEmulator } from "../tools/local/stripe_emulator/mod.ts";
+import {
+  type EmulatorOptions,
+  startStripeEmulator,
+  type StripeEmulator,
+} from "../tools/local/stripe_emulator/mod.ts";
 
 const WEBHOOK_SECRET = "whsec_emulator_test";
 
-async function withEmulator(fn: (emu: StripeEmulator, stripe: Stripe) => Promise<void>): Promise<void> {
+async function withEmulator(
+  fn: (emu: StripeEmulator, stripe: Stripe) => Promise<void>,
+  options: Partial<EmulatorOptions> = {},
+): Promise<void> {
   const received: string[] = [];
   const hook = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen: () => {} }, async (req) => {
     received.push(await req.text());
@@ -16,6 +23,7 @@ async function withEmulator(fn: (emu: StripeEmulator, stripe: Stripe) => Promise
     webhookSecret: WEBHOOK_SECRET,
     webhookUrl: `http://127.0.0.1:${hook.addr.port}/`,
     autoDeliver: false,
+    ...options,
   });
   const url = new URL(emu.url);
   // No SDK retries here: each test observes the emulator's raw answers.
@@ -51,8 +59,12 @@ function header(result: { lastResponse: { headers: unknown } }, name: string): s
   return headers instanceof Headers ? headers.get(name) : (headers as Record<string, string>)[name] ?? null;
 }
 
-function emulatorTest(name: string, fn: (emu: StripeEmulator, stripe: Stripe) => Promise<void>) {
-  Deno.test(name, () => withEmulator(fn));
+function emulatorTest(
+  name: string,
+  fn: (emu: StripeEmulator, stripe: Stripe) => Promise<void>,
+  options: Partial<EmulatorOptions> = {},
+) {
+  Deno.test(name, () => withEmulator(fn, options));
 }
 
 emulatorTest(
@@ -176,7 +188,7 @@ emulatorTest("a 500 before commit stores nothing: the retry executes once", asyn
   const t = await stripe.transfers.create(params, { idempotencyKey: "k-500" });
   assert.equal(header(t, "idempotent-replayed"), null);
   assert.equal(emu.state.transfers.size, 1);
-});
+}, { initialBalance: { usd: 100_000 } });
 
 emulatorTest("an injected Stripe error is executed, stored and replayed", async (emu, stripe) => {
   emu.addFault({
@@ -266,6 +278,7 @@ emulatorTest(
       (e: Stripe.errors.StripeError) => e.code === "amount_too_large",
     );
   },
+  { fundsDelaySeconds: 0 },
 );
 
 emulatorTest(
