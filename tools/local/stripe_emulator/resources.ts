@@ -250,14 +250,14 @@ export function chargeLimits(amount: number, cur: Currency, param: string, what 
 }
 
 /** Metadata as Stripe limits it: 50 keys, keys up to 40 characters, values up to 500 (docs.stripe.com/api/metadata). */
-export function metadata(params: Params, name = "metadata"): Record<string, string> {
-  const m = obj(params, name) ?? {};
+export function metadata(params: Params, path = "metadata"): Record<string, string> {
+  const m = obj(params, "metadata", path) ?? {};
   const entries = Object.entries(m);
-  if (entries.length > 50) throw invalid(`Metadata can have at most 50 keys, got ${entries.length}`, name);
+  if (entries.length > 50) throw invalid(`Metadata can have at most 50 keys, got ${entries.length}`, path);
   for (const [k, v] of entries) {
-    if (typeof v !== "string") throw invalid(`Invalid metadata value for ${k}`, `${name}[${k}]`);
-    if (k.length > 40) throw invalid(`Metadata keys can be at most 40 characters: ${k}`, `${name}[${k}]`);
-    if (v.length > 500) throw invalid(`Metadata values can be at most 500 characters: ${k}`, `${name}[${k}]`);
+    if (typeof v !== "string") throw invalid(`Invalid metadata value for ${k}`, `${path}[${k}]`);
+    if (k.length > 40) throw invalid(`Metadata keys can be at most 40 characters: ${k}`, `${path}[${k}]`);
+    if (v.length > 500) throw invalid(`Metadata values can be at most 500 characters: ${k}`, `${path}[${k}]`);
   }
   return m as Record<string, string>;
 }
@@ -397,7 +397,11 @@ export function list(
 ): Answer {
   const limit = int(params, "limit", "limit", 1) ?? 10;
   if (limit > 100) {
-    throw invalid(`This value must be less than or equal to 100 (it currently is '${limit}').`, "limit");
+    throw invalid(
+      `This value must be less than or equal to 100 (it currently is '${limit}').`,
+      "limit",
+      "parameter_invalid_integer",
+    );
   }
   const all = objects.filter((o) => filters.every((f) => f(o)));
   const cursor = (name: string) => {

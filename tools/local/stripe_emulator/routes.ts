@@ -161,6 +161,9 @@ const ROUTES: Route[] = [
   get("/v1/events/:id", P.RETRIEVE, (s, _, id) => found(s.events, "event", id)),
 ];
 
+/** Every endpoint the emulator serves, as `METHOD /path` with `:id` (for tests that cover them all). */
+export const ENDPOINTS: readonly string[] = ROUTES.map((r) => `${r.method} ${r.path}`);
+
 function found(objects: Map<string, StripeObject>, kind: string, id: string): StripeObject {
   const o = objects.get(id);
   if (!o) throw noSuch(kind, id);
