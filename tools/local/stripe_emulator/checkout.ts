@@ -68,7 +68,8 @@ export function createCheckoutSession(state: State, p: Params): StripeObject {
   const url = (name: string) => {
     const v = str(p, name);
     if (v === undefined) return null;
-    if (!/^https?:\/\/[^\s]+$/.test(v) || !URL.canParse(v)) {
+    // docs.stripe.com/error-codes#url-invalid
+    if (!URL.canParse(v)) {
       throw invalid(`Not a valid URL: ${v}`, name, "url_invalid");
     }
     const allowed = name === "return_url" ? embedded : !embedded;
@@ -240,6 +241,7 @@ export function settleAsyncPayment(
   id: string,
   outcome: "succeeded" | "failed",
 ): { session: StripeObject; event: StripeEvent } {
+  oneOf(outcome, ["succeeded", "failed"] as const, "outcome");
   const s = getCheckoutSession(state, id);
   const pi = s.payment_intent ? state.paymentIntents.get(s.payment_intent as string) : undefined;
   if (!pi || pi.status !== "processing") {

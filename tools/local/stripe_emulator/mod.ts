@@ -231,6 +231,7 @@ export class StripeEmulator {
 
   /** Refunds a payment (a PaymentIntent or charge id) from the dashboard: no metadata, no API request. */
   refundFromDashboard(payment: string, amount?: number, options: ActionOptions = {}) {
+    if (!payment) throw R.missing("payment");
     const params: Params = { [payment.startsWith("ch_") ? "charge" : "payment_intent"]: payment };
     if (amount !== undefined) params.amount = String(amount);
     return this.#act(() => M.createRefund(this.state, params), options);
@@ -243,6 +244,7 @@ export class StripeEmulator {
 
   /** Opens a dispute on a charge (or a PaymentIntent's charge): `charge.dispute.created`, `funds_withdrawn`. */
   openDispute(payment: string, options: ActionOptions & { amount?: number; reason?: string } = {}) {
+    if (!payment) throw R.missing("payment");
     const charge = payment.startsWith("pi_")
       ? (C.getPaymentIntent(this.state, payment).latest_charge as string | null) ?? payment
       : payment;

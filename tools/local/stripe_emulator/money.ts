@@ -524,7 +524,7 @@ function accountTotals(state: State, account: string, cur: string): { available:
   return out;
 }
 
-/** A connected account's balance per currency, as GET /v1/balance would answer it for that account. */
+/** A connected account's balance per currency (`available`, `pending`), with the account's id. */
 export function accountBalance(state: State, account: string): Answer {
   const curs = [...new Set(state.accountEntries.filter((e) => e.account === account).map((e) => e.currency))];
   const rows = (kind: "available" | "pending") =>
