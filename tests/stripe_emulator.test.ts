@@ -818,6 +818,27 @@ emulatorTest(
 );
 
 emulatorTest(
+  "a pending refund's reason becomes insufficient_funds when its payment settles and the balance is still short",
+  async (emu, stripe) => {
+    const { pi } = await paid(emu, stripe, 5000);
+    const refund = await stripe.refunds.create({ payment_intent: pi, amount: 4900 });
+    assert.deepEqual([refund.status, refund.pending_reason], ["pending", "charge_pending"]);
+    const deliveries = await emu.advanceClock(2 * DAY); // 4825 available: short of 4900
+    assert.deepEqual(deliveries.map((d) => d.type), ["refund.updated"]);
+    const waiting = await stripe.refunds.retrieve(refund.id);
+    assert.deepEqual([waiting.status, waiting.pending_reason], ["pending", "insufficient_funds"]);
+    const [updated] = [...emu.state.events.values()].filter((e) => e.type === "refund.updated");
+    assert.deepEqual([updated.type, updated.data.previous_attributes], ["refund.updated", {
+      pending_reason: "charge_pending",
+    }]);
+    emu.options.initialBalance = { usd: 100 };
+    await emu.advanceClock(1);
+    assert.equal((await stripe.refunds.retrieve(refund.id)).status, "succeeded");
+    assert.deepEqual(await usd(stripe), { available: 25, pending: 0 });
+  },
+);
+
+emulatorTest(
   "a refund failing later: refund.updated then refund.failed, its amount back on the charge and the balance",
   async (emu, stripe) => {
     const { pi, charge } = await paid(emu, stripe, 5000);

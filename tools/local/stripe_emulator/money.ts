@@ -179,6 +179,12 @@ export function settle(state: State): void {
     if (r.status !== "pending" || blocked.has(cur)) continue;
     if (totals(state, cur).available < (r.amount as number)) {
       blocked.add(cur);
+      const reason = pendingReason(state, r);
+      if (reason !== r.pending_reason) {
+        const previous = before(r, ["pending_reason"]);
+        r.pending_reason = reason;
+        event(state, "refund.updated", r, previous);
+      }
       continue;
     }
     const previous = before(r, ["status", "pending_reason", "balance_transaction"]);
@@ -254,15 +260,19 @@ export function createRefund(state: State, p: Params): StripeObject {
   const queued = [...state.refunds.values()].some((r) => r.currency === cur && r.status === "pending");
   state.refunds.set(refund.id, refund);
   if (!queued && totals(state, cur).available >= value) debitRefund(state, refund);
-  else {
-    const chargeFunds = state.balanceTransactions.get(charge.balance_transaction as string);
-    refund.pending_reason = chargeFunds?.status === "pending" ? "charge_pending" : "insufficient_funds";
-  }
+  else refund.pending_reason = pendingReason(state, refund);
   charge.amount_refunded = (charge.amount_refunded as number) + value;
   charge.refunded = charge.amount_refunded === charge.amount;
   event(state, "charge.refunded", charge);
   event(state, "refund.created", refund);
   return refund;
+}
+
+/** Why a refund waits: its payment's own funds have not settled yet, or the balance is short. */
+function pendingReason(state: State, refund: StripeObject): string {
+  const charge = state.charges.get(refund.charge as string)!;
+  const funds = state.balanceTransactions.get(charge.balance_transaction as string);
+  return funds?.status === "pending" ? "charge_pending" : "insufficient_funds";
 }
 
 /**

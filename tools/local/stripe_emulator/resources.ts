@@ -173,8 +173,9 @@ export function int(params: Params, name: string, path = name, min = 0): number 
   if (v === undefined) return undefined;
   if (!/^-?\d+$/.test(v)) throw invalid(`Invalid integer: ${v}`, path, "parameter_invalid_integer");
   const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < min) {
-    throw invalid(`Invalid ${path}: ${v} is less than ${min}`, path, "parameter_invalid_integer");
+  if (!Number.isSafeInteger(n)) throw invalid(`Invalid integer: ${v}`, path, "parameter_invalid_integer");
+  if (n < min) {
+    throw invalid(`Invalid ${path}: must be at least ${min} (got ${v})`, path, "parameter_invalid_integer");
   }
   return n;
 }
