@@ -648,11 +648,10 @@ emulatorTest(
       ["charge", 10_000, fee, 10_000 - fee, "pending", charge, "charge"],
     );
     assert.equal(txn.available_on, (expanded.latest_charge as Stripe.Charge).created + 2 * DAY);
-    assert.equal(
-      (await stripe.charges.retrieve(charge, { expand: ["balance_transaction"] })).balance_transaction
-        ?.valueOf().constructor,
-      Object,
-    );
+    const withTxn = await stripe.charges.retrieve(charge, { expand: ["balance_transaction"] });
+    assert.equal((withTxn.balance_transaction as Stripe.BalanceTransaction).id, txn.id);
+    const curlStyle = await raw(emu, "GET", `/v1/charges/${charge}`, { "expand[]": "balance_transaction" });
+    assert.equal(curlStyle.body.balance_transaction.id, txn.id, "expand[] as curl sends it");
     assert.deepEqual(await usd(stripe), { available: 0, pending: 10_000 - fee });
     await emu.advanceClock(2 * DAY - 60);
     assert.deepEqual(await usd(stripe), { available: 0, pending: 10_000 - fee });

@@ -90,6 +90,9 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   let stripe: StripeEmulator | null = null;
   if (!stripeApiBase && !stripeKey) {
     const delay = options.fundsDelaySeconds ?? env("STRIPE_EMULATOR_FUNDS_DELAY_SECONDS");
+    if (delay !== undefined && !(Number.isInteger(Number(delay)) && Number(delay) >= 0)) {
+      throw new Error(`STRIPE_EMULATOR_FUNDS_DELAY_SECONDS must be a number of seconds, got '${delay}'`);
+    }
     const balance = options.initialBalance ?? env("STRIPE_EMULATOR_INITIAL_BALANCE");
     stripe = await startStripeEmulator({
       webhookSecret,
