@@ -33,11 +33,20 @@ export async function createDatabase(label: string): Promise<string> {
 let shared: Promise<Stack> | undefined;
 
 /** The stack of this test file (each file runs in its own worker): a database of its own with the
- * migrations applied by the Supabase CLI, the gateway, the functions and the emulator. */
+ * migrations applied by the Supabase CLI, the gateway, the functions and the emulator, whose platform has
+ * funds (a large available balance, card funds available at once) unless a test says otherwise. */
 export function sharedStack(): Promise<Stack> {
   shared ??= createDatabase("stack").then((databaseUrl) => {
     forgetPreviousStack();
-    return startStack({ databaseUrl, port: 0, emulatorPort: 0, poolSize: 20, trustClientIpHeader: true });
+    return startStack({
+      databaseUrl,
+      port: 0,
+      emulatorPort: 0,
+      poolSize: 20,
+      trustClientIpHeader: true,
+      fundsDelaySeconds: 0,
+      initialBalance: { usd: 1_000_000_000 },
+    });
   });
   return shared;
 }

@@ -128,10 +128,11 @@ stackTest("prices come from the database: the session charges tier prices plus t
   const fee = Math.round(subtotal * 0.037) + 179; // 555 + 179
   assert.equal(answer.body.amount_total, subtotal + fee);
   const [session] = sessionsOf(stack, answer.body.order_id as string);
-  const lines = (session.line_items as {
-    data: { quantity: number; price: { unit_amount: number }; description: string }[];
-  })
-    .data.map((l) => [l.description, l.quantity, l.price.unit_amount]);
+  const lines = (stack.stripe!.state.lineItems.get(session.id) as unknown as {
+    quantity: number;
+    price: { unit_amount: number };
+    description: string;
+  }[]).map((l) => [l.description, l.quantity, l.price.unit_amount]);
   assert.deepEqual(lines, [["Demo Night - GA", 2, 2500], ["Demo Night - VIP", 1, 10_000], [
     "Service fee",
     1,

@@ -309,7 +309,7 @@ ledgerTest(
     });
     assert.equal((await wallet(organiser)).balance_cents, order.subtotal - share);
 
-    await stack.stripe!.updateRefund(refund.id, "failed");
+    await stack.stripe!.failRefund(refund.id);
     const after = await one<{ status: string; refunded: number; order_status: string }>(
       stack,
       `select r.status, o.refunded_cents as refunded, o.status as order_status

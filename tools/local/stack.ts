@@ -26,6 +26,13 @@ export interface StackOptions {
   webhookSecret?: string;
   /** Port of the emulator (`STRIPE_EMULATOR_PORT`, default 12111; 0 picks a free one). */
   emulatorPort?: number;
+  /** The emulator's settlement delay of card funds (`STRIPE_EMULATOR_FUNDS_DELAY_SECONDS`, default 2 days). */
+  fundsDelaySeconds?: number;
+  /**
+   * The emulated platform's available balance at start, per currency (`STRIPE_EMULATOR_INITIAL_BALANCE`,
+   * JSON such as `{"usd": 100000}`; default none, as a new platform).
+   */
+  initialBalance?: Record<string, number>;
   /** Connections in the database pool (`DB_POOL_SIZE`, default 10). */
   poolSize?: number;
   /** Keep a caller's `CF-Connecting-IP` (tests acting as many clients); the edge's behaviour drops it. */
@@ -82,9 +89,16 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
 
   let stripe: StripeEmulator | null = null;
   if (!stripeApiBase && !stripeKey) {
+    const delay = options.fundsDelaySeconds ?? env("STRIPE_EMULATOR_FUNDS_DELAY_SECONDS");
+    if (delay !== undefined && !(Number.isInteger(Number(delay)) && Number(delay) >= 0)) {
+      throw new Error(`STRIPE_EMULATOR_FUNDS_DELAY_SECONDS must be a number of seconds, got '${delay}'`);
+    }
+    const balance = options.initialBalance ?? env("STRIPE_EMULATOR_INITIAL_BALANCE");
     stripe = await startStripeEmulator({
       webhookSecret,
       port: options.emulatorPort ?? Number(env("STRIPE_EMULATOR_PORT") ?? 12111),
+      fundsDelaySeconds: delay === undefined ? undefined : Number(delay),
+      initialBalance: typeof balance === "string" ? JSON.parse(balance) : balance,
     });
     stripeApiBase = stripe.url;
   }

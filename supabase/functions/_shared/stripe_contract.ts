@@ -17,8 +17,8 @@ export type Known<T> = T extends string ? (string extends T ? never : T) : never
 export type Equal<A, B> = (<T>() => T extends A ? 1 : 2) extends (<T>() => T extends B ? 1 : 2) ? true
   : false;
 
-/** Compile-time proof that a constant list equals an SDK enum: `const _: Equal<...> = true`. */
-type Values<T extends readonly string[]> = T[number];
+/** The members of a constant list, to compare with an SDK enum: `const _: Equal<Values<...>, Known<...>> = true`. */
+export type Values<T extends readonly string[]> = T[number];
 
 /** Checkout Session `ui_mode` since 2026-03-25.dahlia (docs.stripe.com/changelog/dahlia/2026-03-25/updates-available-checkout-session-ui-modes). */
 export const CHECKOUT_UI_MODES = ["elements", "embedded_page", "form", "hosted_page"] as const;
@@ -40,6 +40,57 @@ const _reasons: Equal<
   Values<typeof REFUND_REASONS>,
   Known<NonNullable<Stripe.RefundCreateParams["reason"]>>
 > = true;
+
+/** Checkout Session `status` (and the `status` filter of the list endpoint). */
+export const CHECKOUT_SESSION_STATUSES = ["complete", "expired", "open"] as const;
+const _sessionStatuses: Equal<
+  Values<typeof CHECKOUT_SESSION_STATUSES>,
+  Known<NonNullable<Stripe.Checkout.Session["status"]>>
+> = true;
+
+/** Why a refund is `pending` (docs.stripe.com/changelog/basil/2025-04-30/refund-pending-reason). */
+export const REFUND_PENDING_REASONS = ["charge_pending", "insufficient_funds", "processing"] as const;
+const _pendingReasons: Equal<
+  Values<typeof REFUND_PENDING_REASONS>,
+  Known<NonNullable<Stripe.Refund["pending_reason"]>>
+> = true;
+
+/** Dispute `status` (docs.stripe.com/api/disputes/object). */
+export const DISPUTE_STATUSES = [
+  "appeal_needs_response",
+  "appeal_under_review",
+  "lost",
+  "needs_response",
+  "prevented",
+  "under_review",
+  "warning_closed",
+  "warning_needs_response",
+  "warning_under_review",
+  "won",
+] as const;
+const _disputeStatuses: Equal<Values<typeof DISPUTE_STATUSES>, Known<Stripe.Dispute["status"]>> = true;
+
+/**
+ * Dispute `reason`. The SDK types it as a plain `string`, so this list cannot be checked at compile time;
+ * it is the list in `Disputes.d.ts` (`reason`) and docs.stripe.com/disputes/categories.
+ */
+export const DISPUTE_REASONS = [
+  "bank_cannot_process",
+  "check_returned",
+  "credit_not_processed",
+  "customer_initiated",
+  "debit_not_authorized",
+  "duplicate",
+  "fraudulent",
+  "general",
+  "incorrect_account_details",
+  "insufficient_funds",
+  "noncompliant",
+  "product_not_received",
+  "product_unacceptable",
+  "subscription_canceled",
+  "unrecognized",
+] as const;
 
 /** The project's own body values for `ui_mode`, and what each one sends to Stripe. */
 export const UI_MODE_OF = { hosted: "hosted_page", embedded: "embedded_page" } as const satisfies Record<

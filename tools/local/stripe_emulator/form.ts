@@ -8,7 +8,10 @@
 export type Params = { [key: string]: Param };
 export type Param = string | Param[] | Params;
 
-/** Decodes a form body (or a query string) into a parameter tree; index keys become arrays. */
+/**
+ * Decodes a form body (or a query string) into a parameter tree; index keys (`expand[0]`, as the SDKs send
+ * them, or `expand[]`, as curl examples do) become arrays.
+ */
 export function decodeForm(body: string): Params {
   const root: Params = {};
   for (const pair of body.split("&")) {
@@ -18,7 +21,8 @@ export function decodeForm(body: string): Params {
     const value = eq < 0 ? "" : decode(pair.slice(eq + 1));
     const path = parsePath(decode(rawKey));
     let node: Params = root;
-    path.forEach((segment, i) => {
+    path.forEach((name, i) => {
+      const segment = name === "" ? String(Object.keys(node).length) : name;
       if (i === path.length - 1) {
         node[segment] = value;
         return;

@@ -1,20 +1,27 @@
 /**
  * A Stripe API emulator for the official SDK: Stripe's wire format (form-encoded bodies, JSON objects,
- * `{error: {...}}` errors) and Stripe's idempotency semantics:
+ * `{error: {...}}` errors), the one API version the pinned SDK speaks, unknown parameters refused, Stripe's
+ * money (balance, fees, settlement delay, refunds, transfers, disputes) and Stripe's idempotency semantics
+ * (docs.stripe.com/api/idempotent_requests, docs.stripe.com/error-low-level):
  * - the same `Idempotency-Key` with the same parameters replays the stored response with
  *   `Idempotent-Replayed: true`; other parameters or another endpoint get 400 `idempotency_error`;
  * - a key whose first request is still executing gets 409 `idempotency_key_in_use`;
- * - results are stored once the endpoint starts executing (errors included); validation failures are
- *   not stored; keys expire after 24 hours (emulator clock).
+ * - results are stored once the endpoint starts executing (errors included, 500s too); validation
+ *   failures are not stored; the rate limiter answers before the idempotency layer; keys expire after
+ *   24 hours (emulator clock).
  *
- * A control API under `/_emulator/` injects faults, moves the clock and marks sessions paid, which
- * delivers signed events to the webhook URL.
+ * A control API under `/_emulator/` (and the methods of `StripeEmulator`) injects faults, moves the clock
+ * and acts as Stripe's dashboard, the cardholder or the bank would (pay, refund, dispute, reverse, fail a
+ * refund, pay out), delivering the signed events to the webhook URL, or only recording them.
  * @module
  */
 import http from "node:http";
 import type { AddressInfo } from "node:net";
+import * as C from "./checkout.ts";
 import { canonical, decodeForm, type Params } from "./form.ts";
+import * as M from "./money.ts";
 import * as R from "./resources.ts";
+import { serve } from "./routes.ts";
 
 export type { StripeEvent, StripeObject } from "./resources.ts";
 
@@ -26,13 +33,20 @@ export interface Fault {
   /**
    * - `latency`: wait `ms` while the request executes (a same-key request meanwhile gets 409);
    * - `error_before`: 500 before the endpoint executes (nothing done, nothing stored);
+   * - `rate_limit`: 429 `rate_limit` from the rate limiter, in front of the idempotency layer (nothing
+   *   done, nothing stored: the key stays free; docs.stripe.com/rate-limits, docs.stripe.com/error-low-level);
+   * - `error_after`: a 500 after execution began, stored for the key and replayed (with `created`, the
+   *   object was created before the failure; docs.stripe.com/api/idempotent_requests: "including 500
+   *   errors");
    * - `reset_after`: execute and store, then drop the connection without a response;
    * - `in_flight`: 409 `idempotency_key_in_use`, as if a concurrent request held the key;
    * - `error`: execute as a Stripe error `error` with `status` (stored and replayed, like a decline).
    */
-  kind: "latency" | "error_before" | "reset_after" | "in_flight" | "error";
+  kind: "latency" | "error_before" | "rate_limit" | "error_after" | "reset_after" | "in_flight" | "error";
   times?: number;
   ms?: number;
+  /** `error_after`: whether the endpoint's work (the object, its events) happened before the 500. */
+  created?: boolean;
   status?: number;
   error?: { type: string; code?: string; message: string };
 }
@@ -73,8 +87,17 @@ export interface DeliveryOptions {
   hold?: boolean;
 }
 
-/** Where the emulator listens and sends webhooks. */
-export interface EmulatorOptions {
+/**
+ * How a control action treats the events it causes: delivered as `DeliveryOptions` say, or, with
+ * `deliver: false`, only recorded (GET /v1/events lists them, with `pending_webhooks: 1`), as when a
+ * webhook is missed, so that a product's audit can find the drift.
+ */
+export interface ActionOptions extends DeliveryOptions {
+  deliver?: boolean;
+}
+
+/** Where the emulator listens and sends webhooks, and the platform's money. */
+export interface EmulatorOptions extends R.MoneyOptions {
   hostname?: string;
   port?: number;
   /** The `stripe-webhook` URL; events are only recorded when absent. */
@@ -119,7 +142,11 @@ export class StripeEmulator {
     this.state = R.createState(
       "",
       () => Math.floor(Date.now() / 1000) + this.#offset,
-      (e) => this.#outbox.push(e),
+      (e) => {
+        e.pending_webhooks = this.options.webhookUrl ? 1 : 0;
+        this.#outbox.push(e);
+      },
+      options,
     );
   }
 
@@ -158,46 +185,129 @@ export class StripeEmulator {
     this.#chaos = chaos;
   }
 
-  /** Moves the emulator's clock; open sessions whose `expires_at` passed expire (and emit events). */
-  async advanceClock(seconds: number, delivery: DeliveryOptions = {}): Promise<Delivery[]> {
-    this.#offset += seconds;
-    for (const s of this.state.sessions.values()) {
-      if (s.status === "open" && (s.expires_at as number) <= this.state.now()) {
-        R.expireCheckoutSession(this.state, s.id);
+  /**
+   * Moves the emulator's clock: charges' funds whose `available_on` passed become available, pending
+   * refunds the balance now covers succeed, open sessions whose `expires_at` passed expire.
+   */
+  async advanceClock(seconds: number, options: ActionOptions = {}): Promise<Delivery[]> {
+    return (await this.#act(() => {
+      this.#offset += seconds;
+      M.settle(this.state);
+      for (const s of this.state.sessions.values()) {
+        if (s.status === "open" && (s.expires_at as number) <= this.state.now()) {
+          C.expireCheckoutSession(this.state, s.id);
+        }
       }
-    }
-    return await this.deliver(this.#drain(), delivery);
+    }, options)).deliveries;
   }
 
-  /** Marks an open Checkout Session paid and delivers `checkout.session.completed`. */
+  /**
+   * Pays an open Checkout Session: `checkout.session.completed`, paid by card; with `async`, by a delayed
+   * payment method (`payment_status: unpaid` until `finishAsyncPayment`).
+   */
   async paySession(
     id: string,
-    delivery: DeliveryOptions = {},
+    options: ActionOptions & { async?: boolean } = {},
   ): Promise<{ session: R.StripeObject; event: R.StripeEvent; deliveries: Delivery[] }> {
-    const { session, event } = R.payCheckoutSession(this.state, id);
-    return { session, event, deliveries: await this.deliver(this.#drain(), delivery) };
+    const { result, deliveries } = await this.#act(
+      () => C.payCheckoutSession(this.state, id, options.async),
+      options,
+    );
+    return { ...result, deliveries };
   }
 
-  /** Sets a refund's status as Stripe would later (e.g. a bank refusing it); emits `refund.updated`. */
-  async updateRefund(
+  /** Settles a session's delayed payment: `checkout.session.async_payment_succeeded` or `..._failed`. */
+  async finishAsyncPayment(
     id: string,
-    status: "succeeded" | "pending" | "failed" | "canceled",
-    delivery: DeliveryOptions = {},
-  ): Promise<Delivery[]> {
-    R.updateRefundStatus(this.state, id, status);
-    return await this.deliver(this.#drain(), delivery);
+    outcome: "succeeded" | "failed",
+    options: ActionOptions = {},
+  ): Promise<{ session: R.StripeObject; event: R.StripeEvent; deliveries: Delivery[] }> {
+    const { result, deliveries } = await this.#act(
+      () => C.settleAsyncPayment(this.state, id, outcome),
+      options,
+    );
+    return { ...result, deliveries };
+  }
+
+  /** Refunds a payment (a PaymentIntent or charge id) from the dashboard: no metadata, no API request. */
+  refundFromDashboard(payment: string, amount?: number, options: ActionOptions = {}) {
+    if (!payment) throw R.missing("payment");
+    const params: Params = { [payment.startsWith("ch_") ? "charge" : "payment_intent"]: payment };
+    if (amount !== undefined) params.amount = String(amount);
+    return this.#act(() => M.createRefund(this.state, params), options);
+  }
+
+  /** Makes a succeeded or pending refund fail, as a bank would later: `refund.updated`, `refund.failed`. */
+  failRefund(id: string, options: ActionOptions & { failureReason?: string } = {}) {
+    return this.#act(() => M.failRefund(this.state, id, options.failureReason), options);
+  }
+
+  /** Opens a dispute on a charge (or a PaymentIntent's charge): `charge.dispute.created`, `funds_withdrawn`. */
+  openDispute(payment: string, options: ActionOptions & { amount?: number; reason?: string } = {}) {
+    if (!payment) throw R.missing("payment");
+    const charge = payment.startsWith("pi_")
+      ? (C.getPaymentIntent(this.state, payment).latest_charge as string | null) ?? payment
+      : payment;
+    return this.#act(() => M.openDispute(this.state, charge, options), options);
+  }
+
+  /** Closes a dispute `won` (funds reinstated) or `lost`: `charge.dispute.closed`. */
+  closeDispute(id: string, outcome: "won" | "lost", options: ActionOptions = {}) {
+    return this.#act(() => M.closeDispute(this.state, id, outcome), options);
+  }
+
+  /** Reverses a transfer from the dashboard (all of what is left, or `amount`): `transfer.reversed`. */
+  reverseTransfer(id: string, amount?: number, options: ActionOptions = {}) {
+    const params: Params = amount === undefined ? {} : { amount: String(amount) };
+    return this.#act(() => M.reverseTransfer(this.state, id, params), options);
+  }
+
+  /** Pays a connected account's available balance out to its bank; returns what was paid per currency. */
+  async payOut(account: string): Promise<Record<string, number>> {
+    return (await this.#act(() => M.payOut(this.state, account), { deliver: false })).result;
+  }
+
+  /** A connected account's balance per currency (`available`, `pending`). */
+  accountBalance(account: string): R.Answer {
+    M.settle(this.state);
+    return M.accountBalance(this.state, account);
+  }
+
+  /**
+   * Sends the thin form of a recorded event to the webhook, signed: `object: "v2.core.event"`, type
+   * `v1.<type>`, `related_object` and `snapshot_event` (docs.stripe.com/changelog/endive/2026-09-30/
+   * thin-events-for-api-v1-resources-generally-available; `V2/Core/Events.d.ts`), as Stripe sends to event
+   * destinations configured with thin payloads. `constructEvent` refuses such a payload.
+   */
+  sendThinEvent(eventId: string, options: DeliveryOptions = {}): Promise<Delivery[]> {
+    const e = this.state.events.get(eventId);
+    if (!e) throw R.noSuch("event", eventId);
+    const o = e.data.object;
+    const thin = {
+      id: R.newId("evt"),
+      object: "v2.core.event",
+      type: `v1.${e.type}`,
+      created: new Date(e.created * 1000).toISOString(),
+      livemode: false,
+      related_object: { id: o.id, type: o.object, url: objectUrl(o) },
+      snapshot_event: e.id,
+      ...(e.request && (e.request as { id: string | null }).id
+        ? { reason: { type: "request", request: e.request } }
+        : {}),
+    };
+    return this.deliver([thin as unknown as R.StripeEvent], options);
   }
 
   /** The events emitted and not delivered yet (with `autoDeliver: false`, or held), oldest first. */
   takeEvents(): R.StripeEvent[] {
-    return this.#drain();
+    return this.#outbox.splice(0);
   }
 
   /** Signs and posts `events` to the webhook URL as configured by `options`. */
   async deliver(events: R.StripeEvent[], options: DeliveryOptions = {}): Promise<Delivery[]> {
     const url = this.options.webhookUrl;
     if (options.hold) {
-      this.#outbox.unshift(...events);
+      this.#outbox.push(...events);
       return [];
     }
     if (!url || events.length === 0) return [];
@@ -216,6 +326,8 @@ export class StripeEmulator {
       } catch (err) {
         delivery = { eventId: e.id, type: e.type, status: 0, body: String(err) };
       }
+      const recorded = this.state.events.get(e.id);
+      if (recorded && delivery.status >= 200 && delivery.status < 300) recorded.pending_webhooks = 0;
       this.deliveries.push(delivery);
       return delivery;
     };
@@ -245,14 +357,30 @@ export class StripeEmulator {
     return {
       checkout_sessions: s.sessions.size,
       payment_intents: s.paymentIntents.size,
+      charges: s.charges.size,
       refunds: s.refunds.size,
       transfers: s.transfers.size,
+      disputes: s.disputes.size,
+      balance_transactions: s.balanceTransactions.size,
       events: s.events.size,
     };
   }
 
-  #drain(): R.StripeEvent[] {
-    return this.#outbox.splice(0);
+  /**
+   * Runs a control action (no API request: events carry `request: {id: null}`) and hands its events, and
+   * those of refunds it made payable, to delivery, or only records them (`deliver: false`).
+   */
+  async #act<T>(
+    action: () => T,
+    options: ActionOptions,
+  ): Promise<{ result: T; events: R.StripeEvent[]; deliveries: Delivery[] }> {
+    M.settle(this.state);
+    const from = this.#outbox.length;
+    const result = action();
+    M.settle(this.state);
+    const events = this.#outbox.splice(from);
+    const deliveries = options.deliver === false ? [] : await this.deliver(events, options);
+    return { result, events, deliveries };
   }
 
   async #handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
@@ -303,32 +431,45 @@ export class StripeEmulator {
         headers: { "request-id": requestId, "stripe-version": R.API_VERSION, ...extra },
       };
     };
+    const error = (status: number, e: R.StripeError["body"]) => out(status, { error: e });
 
     const apiKey = apiKeyOf(headers.authorization);
     if (!apiKey) {
-      return out(401, {
-        error: { type: "invalid_request_error", message: "You did not provide an API key." },
-      });
+      return error(401, { type: "invalid_request_error", message: "You did not provide an API key." });
     }
     if (!/^(sk|rk)_test_/.test(apiKey)) {
-      return out(401, {
-        error: {
-          type: "invalid_request_error",
-          message: `Invalid API Key provided: ${apiKey.slice(0, 8)}****`,
-        },
+      return error(401, {
+        type: "invalid_request_error",
+        message: `Invalid API Key provided: ${apiKey.slice(0, 8)}****`,
       });
+    }
+    // Stripe answers a version it does not know with "Invalid Stripe API version: <version>" (400,
+    // docs.stripe.com/api/versioning); the emulator speaks only the pinned SDK's version, so it refuses
+    // every other one the same way (real Stripe would answer a valid older version in that version's shape).
+    const version = headers["stripe-version"] as string | undefined;
+    if (version !== undefined && version !== R.API_VERSION) {
+      return error(400, { type: "invalid_request_error", message: `Invalid Stripe API version: ${version}` });
     }
 
     const fault = this.#takeFault(method, path);
     record.fault = fault?.kind ?? null;
-    // Faults in front of the API (a 500 from a load balancer, a delay) come first; a reset drops the
-    // connection after the answer was decided, whether it was executed or replayed.
+    // Faults in front of the API (a 500 from a load balancer, the rate limiter, a delay) come first; a reset
+    // drops the connection after the answer was decided, whether it was executed or replayed.
     if (fault?.kind === "error_before") {
-      return out(500, {
-        error: { type: "api_error", message: "An unknown error occurred (emulator fault)" },
+      return error(500, {
+        type: "api_error",
+        message: "An unknown error occurred (emulator fault error_before)",
       });
     }
-    const reply = await this.#idempotent(method, url, body, apiKey, idemKey, fault, record, requestId, out);
+    if (fault?.kind === "rate_limit") {
+      return error(429, {
+        type: "invalid_request_error",
+        code: "rate_limit",
+        message:
+          "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.",
+      });
+    }
+    const reply = await this.#idempotent(method, url, body, apiKey, idemKey, fault, requestId, record, out);
     if (fault?.kind === "reset_after") reply.reset = true;
     return reply;
   }
@@ -340,8 +481,8 @@ export class StripeEmulator {
     apiKey: string,
     idemKey: string | null,
     fault: Fault | undefined,
-    record: RequestRecord,
     requestId: string,
+    record: RequestRecord,
     out: (status: number, payload: unknown, extra?: Record<string, string>) => Reply,
   ): Promise<Reply> {
     const path = url.pathname;
@@ -350,6 +491,9 @@ export class StripeEmulator {
     const storeKey = idemKey && method === "POST" ? `${apiKey}\n${idemKey}` : null;
     const pause = () =>
       fault?.kind === "latency" ? new Promise((r) => setTimeout(r, fault.ms ?? 1000)) : null;
+    // A 5xx saved for a key is answered with `Stripe-Should-Retry: false`: a retry would replay it.
+    const retryHeader = (status: number): Record<string, string> =>
+      status >= 500 ? { "stripe-should-retry": "false" } : {};
 
     if (storeKey) {
       const entry = this.#keys.get(storeKey);
@@ -378,7 +522,7 @@ export class StripeEmulator {
         return out(live.done.status, live.done.body, {
           "idempotent-replayed": "true",
           "original-request": live.done.requestId,
-          ...(live.done.status >= 500 ? { "stripe-should-retry": "false" } : {}),
+          ...retryHeader(live.done.status),
         });
       }
       if (fault?.kind === "in_flight") return out(409, keyInUse());
@@ -388,9 +532,11 @@ export class StripeEmulator {
     }
 
     await pause(); // while the key is held: a same-key request meanwhile gets 409
+    M.settle(this.state);
     let status = 200;
     let payload: unknown;
     let stored = true;
+    this.state.request = { id: requestId, idempotency_key: idemKey };
     try {
       if (fault?.kind === "error") {
         throw new R.StripeError(
@@ -398,101 +544,100 @@ export class StripeEmulator {
           fault.error ?? { type: "invalid_request_error", message: "Injected error" },
         );
       }
-      payload = this.#route(method, path, params);
+      if (fault?.kind !== "error_after" || fault.created) payload = serve(this.state, method, path, params);
+      if (fault?.kind === "error_after") {
+        throw new R.StripeError(500, {
+          type: "api_error",
+          message: `An unknown error occurred (emulator fault error_after, ${
+            fault.created ? "" : "not "
+          }executed)`,
+        });
+      }
     } catch (e) {
       if (!(e instanceof R.StripeError)) throw e;
       status = e.status;
       payload = { error: e.body };
       stored = e.stored;
+    } finally {
+      this.state.request = null;
     }
-    const reply = out(status, payload);
+    const reply = out(status, payload, retryHeader(status));
     if (storeKey) {
       if (stored) this.#keys.get(storeKey)!.done = { status, body: reply.body, requestId };
       else this.#keys.delete(storeKey);
     }
-    if (this.options.autoDeliver ?? true) this.#track(this.deliver(this.#drain()));
+    if (this.options.autoDeliver ?? true) this.#track(this.deliver(this.takeEvents()));
     return reply;
   }
 
-  #route(method: string, path: string, p: Params): R.StripeObject {
-    const s = this.state;
-    const seg = path.split("/").filter(Boolean); // ["v1", ...]
-    const at = (pattern: string) => {
-      const parts = pattern.split("/").filter(Boolean);
-      if (parts.length !== seg.length) return null;
-      const ids: string[] = [];
-      for (let i = 0; i < parts.length; i++) {
-        if (parts[i] === ":id") ids.push(seg[i]);
-        else if (parts[i] !== seg[i]) return null;
-      }
-      return ids;
-    };
-    let ids: string[] | null;
-    if (method === "POST") {
-      if (at("/v1/checkout/sessions")) return R.createCheckoutSession(s, p);
-      if ((ids = at("/v1/checkout/sessions/:id/expire"))) return R.expireCheckoutSession(s, ids[0]);
-      if (at("/v1/payment_intents")) return R.createPaymentIntent(s, p);
-      if (at("/v1/refunds")) return R.createRefund(s, p);
-      if (at("/v1/transfers")) return R.createTransfer(s, p);
-      if ((ids = at("/v1/transfers/:id/reversals"))) return R.reverseTransfer(s, ids[0], p);
-    }
-    if (method === "GET") {
-      // Lists with the filters a product looks its objects up by (docs.stripe.com/api/pagination).
-      if (at("/v1/checkout/sessions")) {
-        return R.list(s.sessions, path, p, ["created", "payment_intent", "status"]);
-      }
-      if (at("/v1/refunds")) return R.list(s.refunds, path, p, ["created", "payment_intent", "charge"]);
-      if (at("/v1/transfers")) {
-        return R.list(s.transfers, path, p, ["created", "transfer_group", "destination"]);
-      }
-      if ((ids = at("/v1/checkout/sessions/:id"))) return R.getCheckoutSession(s, ids[0]);
-      if ((ids = at("/v1/payment_intents/:id"))) return R.getPaymentIntent(s, ids[0]);
-      if ((ids = at("/v1/refunds/:id"))) return R.getRefund(s, ids[0]);
-      if ((ids = at("/v1/transfers/:id"))) return R.getTransfer(s, ids[0]);
-      if ((ids = at("/v1/events/:id"))) {
-        const e = s.events.get(ids[0]);
-        if (e) return e;
-      }
-    }
-    throw new R.StripeError(404, {
-      type: "invalid_request_error",
-      message: `Unrecognized request URL (${method}: ${path}).`,
-    }, false);
-  }
-
-  async #control(
-    method: string,
-    path: string,
-    body: string,
-  ): Promise<{ status: number; body: string; headers?: Record<string, string> }> {
-    const json = (status: number, payload: unknown) => ({ status, body: JSON.stringify(payload, null, 2) });
+  async #control(method: string, path: string, body: string): Promise<Reply> {
+    const json = (status: number, payload: unknown): Reply => ({
+      status,
+      body: JSON.stringify(payload, null, 2),
+    });
     const input = parseJson(body);
-    let m: RegExpMatchArray | null;
+    const options: ActionOptions = {
+      ...input.delivery,
+      ...(input.deliver === false ? { deliver: false } : {}),
+    };
+    const at = (pattern: RegExp) => path.match(pattern)?.[1];
+    let id: string | undefined;
     try {
-      if (method === "POST" && path === "/_emulator/faults") {
+      if (path === "/_emulator/faults" && method === "POST") {
         this.addFault(input as unknown as Fault);
         return json(201, { faults: this.#faults.length });
       }
-      if (method === "DELETE" && path === "/_emulator/faults") {
+      if (path === "/_emulator/faults" && method === "DELETE") {
         this.clearFaults();
         return json(200, { faults: 0 });
       }
-      if (method === "POST" && path === "/_emulator/clock") {
-        const deliveries = await this.advanceClock(Number(input.advance_seconds ?? 0), input.delivery);
+      if (path === "/_emulator/options" && method === "POST") {
+        if (input.funds_delay_seconds !== undefined) {
+          this.options.fundsDelaySeconds = Number(input.funds_delay_seconds);
+        }
+        if (input.initial_balance !== undefined) this.options.initialBalance = input.initial_balance;
+        return json(200, {
+          funds_delay_seconds: this.options.fundsDelaySeconds,
+          initial_balance: this.options.initialBalance,
+        });
+      }
+      if (path === "/_emulator/clock" && method === "POST") {
+        const deliveries = await this.advanceClock(Number(input.advance_seconds ?? 0), options);
         return json(200, { now: this.state.now(), deliveries });
       }
-      if (method === "POST" && (m = path.match(/^\/_emulator\/checkout\/sessions\/([^/]+)\/pay$/))) {
-        return json(200, await this.paySession(m[1], input.delivery));
+      if (method === "POST" && (id = at(/^\/_emulator\/checkout\/sessions\/([^/]+)\/pay$/))) {
+        return json(200, await this.paySession(id, { ...options, async: input.async === true }));
       }
-      if (method === "GET" && (m = path.match(/^\/_emulator\/checkout\/([^/]+)$/))) {
-        const session = R.getCheckoutSession(this.state, m[1]);
-        return {
-          status: 200,
-          headers: { "content-type": "text/html; charset=utf-8" },
-          body: `<!doctype html><title>Checkout ${session.id}</title><h1>Emulated Checkout</h1>
-<p>${session.amount_total} ${session.currency} &middot; ${session.status}</p>
-<form method="post" action="/_emulator/checkout/sessions/${session.id}/pay"><button>Pay</button></form>`,
-        };
+      if (method === "POST" && (id = at(/^\/_emulator\/checkout\/sessions\/([^/]+)\/async_payment$/))) {
+        return json(200, await this.finishAsyncPayment(id, input.outcome, options));
+      }
+      if ((id = at(/^\/_emulator\/checkout\/([^/]+)$/))) return await this.#checkoutPage(method, id);
+      if (method === "POST" && path === "/_emulator/refunds") {
+        return json(200, await this.refundFromDashboard(input.payment, input.amount, options));
+      }
+      if (method === "POST" && (id = at(/^\/_emulator\/refunds\/([^/]+)\/fail$/))) {
+        return json(200, await this.failRefund(id, { ...options, failureReason: input.failure_reason }));
+      }
+      if (method === "POST" && path === "/_emulator/disputes") {
+        return json(
+          200,
+          await this.openDispute(input.payment, { ...options, amount: input.amount, reason: input.reason }),
+        );
+      }
+      if (method === "POST" && (id = at(/^\/_emulator\/disputes\/([^/]+)\/close$/))) {
+        return json(200, await this.closeDispute(id, input.outcome, options));
+      }
+      if (method === "POST" && (id = at(/^\/_emulator\/transfers\/([^/]+)\/reversals$/))) {
+        return json(200, await this.reverseTransfer(id, input.amount, options));
+      }
+      if (method === "POST" && (id = at(/^\/_emulator\/accounts\/([^/]+)\/payouts$/))) {
+        return json(200, { paid: await this.payOut(id) });
+      }
+      if (method === "GET" && (id = at(/^\/_emulator\/accounts\/([^/]+)\/balance$/))) {
+        return json(200, this.accountBalance(id));
+      }
+      if (method === "POST" && (id = at(/^\/_emulator\/events\/([^/]+)\/thin$/))) {
+        return json(200, { deliveries: await this.sendThinEvent(id, input.delivery) });
       }
       if (method === "GET" && path === "/_emulator/requests") return json(200, this.requests);
       if (method === "GET" && path === "/_emulator/counts") return json(200, this.counts());
@@ -503,6 +648,36 @@ export class StripeEmulator {
     return json(404, {
       error: { type: "invalid_request_error", message: `Unknown control route ${method} ${path}` },
     });
+  }
+
+  /**
+   * The hosted Checkout page of a session (`url`): GET shows it; its Pay button (POST) pays the session and
+   * redirects (303) to `success_url` with `{CHECKOUT_SESSION_ID}` replaced by the session's id
+   * (docs.stripe.com/payments/checkout/custom-success-page).
+   */
+  async #checkoutPage(method: string, id: string): Promise<Reply> {
+    const html = (status: number, content: string): Reply => ({
+      status,
+      headers: { "content-type": "text/html; charset=utf-8" },
+      body: `<!doctype html><title>Checkout ${id}</title><h1>Emulated Checkout</h1>${content}`,
+    });
+    const session = C.getCheckoutSession(this.state, id);
+    if (method === "POST") {
+      if (session.status !== "open") return html(400, `<p>This session is ${session.status}.</p>`);
+      await this.paySession(id);
+      const success = session.success_url as string | null;
+      if (!success) return html(200, "<p>Paid.</p>");
+      return {
+        status: 303,
+        headers: { location: success.replaceAll("{CHECKOUT_SESSION_ID}", id) },
+        body: "",
+      };
+    }
+    return html(
+      200,
+      `<p>${session.amount_total} ${session.currency} &middot; ${session.status}</p>
+<form method="post" action="/_emulator/checkout/${id}"><button>Pay</button></form>`,
+    );
   }
 
   #takeFault(method: string, path: string): Fault | undefined {
@@ -519,7 +694,8 @@ export class StripeEmulator {
     const random = chaos.random ?? Math.random;
     if (random() >= chaos.probability) return undefined;
     const kind = chaos.kinds[Math.floor(random() * chaos.kinds.length)];
-    return { kind, ms: Math.floor(random() * (chaos.maxLatencyMs ?? 300)) };
+    const ms = Math.floor(random() * (chaos.maxLatencyMs ?? 300));
+    return { kind, ms, ...(kind === "error_after" ? { created: random() < 0.5 } : {}) };
   }
 
   #track(p: Promise<unknown>): void {
@@ -533,6 +709,19 @@ export function startStripeEmulator(options: EmulatorOptions): Promise<StripeEmu
   return new StripeEmulator(options).listen();
 }
 
+/** The API path of an object, for a thin event's `related_object.url`. */
+function objectUrl(o: R.StripeObject): string {
+  const collection: Record<string, string> = {
+    "checkout.session": "checkout/sessions",
+    payment_intent: "payment_intents",
+    charge: "charges",
+    refund: "refunds",
+    transfer: "transfers",
+    dispute: "disputes",
+  };
+  return `/v1/${collection[o.object] ?? o.object}/${o.id}`;
+}
+
 function apiKeyOf(authorization: string | undefined): string | null {
   if (!authorization) return null;
   const [scheme, value] = authorization.split(/\s+/, 2);
@@ -541,7 +730,8 @@ function apiKeyOf(authorization: string | undefined): string | null {
   return null;
 }
 
-function parseJson(body: string): Record<string, never> {
+// deno-lint-ignore no-explicit-any
+function parseJson(body: string): Record<string, any> {
   try {
     const value = JSON.parse(body);
     return value && typeof value === "object" ? value : {};

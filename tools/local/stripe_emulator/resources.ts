@@ -1,14 +1,19 @@
 /**
- * The Stripe objects the emulator keeps (Checkout Sessions, PaymentIntents, charges, Refunds,
- * Transfers and their reversals, Events) and the API operations on them, with Stripe's validation
- * and error objects. Pure state: no HTTP here.
+ * The emulator's core: its state (objects, clock, the request being served), Stripe's error objects,
+ * parameter readers with Stripe's validation, events, lists with Stripe's pagination, and `expand`.
+ * The operations live in checkout.ts and money.ts. Pure state: no HTTP here.
  * @module
  */
-import { CHECKOUT_UI_MODES } from "../../../supabase/functions/_shared/stripe_contract.ts";
-import type { Param, Params } from "./form.ts";
+import { Stripe } from "../../../supabase/functions/_shared/stripe.ts";
+import {
+  CURRENCIES,
+  type Currency,
+  MAX_AMOUNT,
+} from "../../../supabase/functions/_shared/stripe_contract.ts";
+import type { Params } from "./form.ts";
 
-/** The API version the emulator speaks (the one `stripe@23.1.0` pins). */
-export const API_VERSION = "2026-10-28.endive";
+/** The only API version the emulator speaks: the one the pinned SDK sends (`Stripe.API_VERSION`). */
+export const API_VERSION: string = Stripe.API_VERSION;
 
 /** A Stripe error: HTTP status, the `error` object, and whether Stripe would store it for the key. */
 export class StripeError extends Error {
@@ -25,36 +30,81 @@ export class StripeError extends Error {
 /** A plain Stripe object (`id`, `object`, fields). */
 export type StripeObject = Record<string, unknown> & { id: string; object: string };
 
+/** What an endpoint answers: an object, or a list (which has no `id`). */
+export type Answer = Record<string, unknown> & { object: string };
+
 /** An event as Stripe sends it to webhooks. */
-export type StripeEvent = StripeObject & { type: string; data: { object: StripeObject }; created: number };
+export type StripeEvent = StripeObject & {
+  type: string;
+  data: { object: StripeObject; previous_attributes?: Record<string, unknown> };
+  created: number;
+};
+
+/** The money options of an emulator (see `EmulatorOptions`), read whenever they apply. */
+export interface MoneyOptions {
+  /** Seconds until a charge's funds are available (default 2 days). */
+  fundsDelaySeconds?: number;
+  /** The platform's available balance before any activity, per currency (default none: a new platform). */
+  initialBalance?: Record<string, number>;
+}
+
+/** An entry of a connected account's balance (credited by transfers, debited by reversals and payouts). */
+export interface AccountEntry {
+  account: string;
+  currency: string;
+  amount: number;
+  available_on: number;
+}
 
 /** The emulator's objects and clock. */
 export interface State {
   now(): number;
   baseUrl: string;
-  balance: number;
+  options: MoneyOptions;
   sessions: Map<string, StripeObject>;
+  /** A session's line items (GET /v1/checkout/sessions/:id/line_items); not part of the session object. */
+  lineItems: Map<string, StripeObject[]>;
+  /** A session's `payment_intent_data`, for the PaymentIntent its payment creates. */
+  sessionPayments: Map<string, { metadata: Record<string, string>; transfer_group: string | null }>;
   paymentIntents: Map<string, StripeObject>;
   charges: Map<string, StripeObject>;
   refunds: Map<string, StripeObject>;
   transfers: Map<string, StripeObject>;
+  reversals: Map<string, StripeObject>;
+  disputes: Map<string, StripeObject>;
+  balanceTransactions: Map<string, StripeObject>;
+  accountEntries: AccountEntry[];
   events: Map<string, StripeEvent>;
+  /** The API request being executed (for events' `request`); null for the clock and dashboard actions. */
+  request: { id: string; idempotency_key: string | null } | null;
   /** Called with each event the state emits, for delivery to the webhook. */
   emit(event: StripeEvent): void;
 }
 
 /** Creates an empty state. */
-export function createState(baseUrl: string, now: () => number, emit: (e: StripeEvent) => void): State {
+export function createState(
+  baseUrl: string,
+  now: () => number,
+  emit: (e: StripeEvent) => void,
+  options: MoneyOptions,
+): State {
   return {
     now,
     baseUrl,
-    balance: 100_000_000,
+    options,
     sessions: new Map(),
+    lineItems: new Map(),
+    sessionPayments: new Map(),
     paymentIntents: new Map(),
     charges: new Map(),
     refunds: new Map(),
     transfers: new Map(),
+    reversals: new Map(),
+    disputes: new Map(),
+    balanceTransactions: new Map(),
+    accountEntries: [],
     events: new Map(),
+    request: null,
     emit,
   };
 }
@@ -66,7 +116,8 @@ export function newId(prefix: string): string {
   return `${prefix}_${[...bytes].map((b) => alphabet[b % alphabet.length]).join("")}`;
 }
 
-function invalid(message: string, param?: string, code = "parameter_invalid"): StripeError {
+/** A 400 `invalid_request_error` found before the endpoint executes (not stored for the key). */
+export function invalid(message: string, param?: string, code = "parameter_invalid"): StripeError {
   return new StripeError(
     400,
     { type: "invalid_request_error", code, message, ...(param ? { param } : {}) },
@@ -74,12 +125,18 @@ function invalid(message: string, param?: string, code = "parameter_invalid"): S
   );
 }
 
-function missing(param: string): StripeError {
+/** A 400 refusal after the endpoint began executing (stored for the key, like a decline). */
+export function refused(code: string, message: string, param?: string): StripeError {
+  return new StripeError(400, { type: "invalid_request_error", code, message, ...(param ? { param } : {}) });
+}
+
+/** `Missing required param: x.` */
+export function missing(param: string): StripeError {
   return invalid(`Missing required param: ${param}.`, param, "parameter_missing");
 }
 
 /** A missing object: 404 when named in the path, 400 when named by a parameter (as Stripe answers). */
-function noSuch(kind: string, id: string, param?: string): StripeError {
+export function noSuch(kind: string, id: string, param?: string): StripeError {
   return new StripeError(param ? 400 : 404, {
     type: "invalid_request_error",
     code: "resource_missing",
@@ -88,68 +145,157 @@ function noSuch(kind: string, id: string, param?: string): StripeError {
   });
 }
 
-function str(params: Params, name: string, path = name): string | undefined {
+/**
+ * Refuses the first parameter not in `names`: 400 `parameter_unknown`, "Received unknown parameter: x"
+ * (docs.stripe.com/error-codes#parameter-unknown; changelog 2011-06-21 "Errors now produce exceptions for
+ * unrecognized API parameters"). `prefix` names a nested object (`line_items[0]`).
+ */
+export function known(params: Params, names: readonly string[], prefix = ""): void {
+  for (const key of Object.keys(params)) {
+    if (!names.includes(key)) {
+      const param = prefix ? `${prefix}[${key}]` : key;
+      throw invalid(`Received unknown parameter: ${param}`, param, "parameter_unknown");
+    }
+  }
+}
+
+/** A string parameter. */
+export function str(params: Params, name: string, path = name): string | undefined {
   const v = params[name];
   if (v === undefined) return undefined;
   if (typeof v !== "string") throw invalid(`Invalid string: ${path}`, path);
   return v;
 }
 
-function int(params: Params, name: string, path = name, min = 0): number | undefined {
+/** An integer parameter, at least `min`. */
+export function int(params: Params, name: string, path = name, min = 0): number | undefined {
   const v = str(params, name, path);
   if (v === undefined) return undefined;
-  if (!/^-?\d+$/.test(v)) throw invalid(`Invalid integer: ${v}`, path);
+  if (!/^-?\d+$/.test(v)) throw invalid(`Invalid integer: ${v}`, path, "parameter_invalid_integer");
   const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < min) throw invalid(`Invalid ${path}: must be at least ${min}`, path);
+  if (!Number.isSafeInteger(n)) throw invalid(`Invalid integer: ${v}`, path, "parameter_invalid_integer");
+  if (n < min) {
+    throw invalid(`Invalid ${path}: must be at least ${min} (got ${v})`, path, "parameter_invalid_integer");
+  }
   return n;
 }
 
-function obj(params: Params, name: string): Params | undefined {
+/** An object parameter (a hash). */
+export function obj(params: Params, name: string, path = name): Params | undefined {
   const v = params[name];
   if (v === undefined || v === "") return undefined;
-  if (typeof v !== "object" || Array.isArray(v)) throw invalid(`Invalid object: ${name}`, name);
+  if (typeof v !== "object" || Array.isArray(v)) throw invalid(`Invalid object: ${path}`, path);
   return v;
 }
 
-function currency(params: Params, name: string, path = name): string | undefined {
-  const c = str(params, name, path)?.toLowerCase();
-  if (c !== undefined && !/^[a-z]{3}$/.test(c)) throw invalid(`Invalid currency: ${c}`, path);
-  return c;
+/** A string-or-array parameter as an array of strings (`expand`, `types`). */
+export function strings(params: Params, name: string): string[] {
+  const v = params[name];
+  if (v === undefined) return [];
+  const list = Array.isArray(v) ? v : [v];
+  if (!list.every((s): s is string => typeof s === "string")) throw invalid(`Invalid array: ${name}`, name);
+  return list;
 }
 
-function metadata(params: Params, name = "metadata"): Record<string, string> {
-  const m = obj(params, name) ?? {};
+/**
+ * A currency the platform settles in. Stripe refuses a currency it does not support with "Invalid
+ * currency: x. Stripe currently supports these currencies: ..." (docs.stripe.com/currencies); the
+ * emulator supports the platform's `CURRENCIES` only, and lists them.
+ */
+export function currency(params: Params, name: string, path = name): Currency | undefined {
+  const c = str(params, name, path)?.toLowerCase();
+  if (c === undefined) return undefined;
+  if (!(c in CURRENCIES)) {
+    throw invalid(
+      `Invalid currency: ${c}. Stripe currently supports these currencies: ${
+        Object.keys(CURRENCIES).join(", ")
+      }`,
+      path,
+    );
+  }
+  return c as Currency;
+}
+
+/** An amount in minor units, formatted as Stripe writes it in errors (`$0.50 usd`). */
+export function money(amount: number, cur: Currency): string {
+  const exponent = CURRENCIES[cur].exponent;
+  const major = new Intl.NumberFormat("en-US", {
+    style: "currency",
+    currency: cur.toUpperCase(),
+    minimumFractionDigits: exponent,
+  }).format(amount / 10 ** exponent);
+  return `${major} ${cur}`;
+}
+
+/**
+ * Stripe's limits on one charge (docs.stripe.com/currencies#minimum-and-maximum-charge-amounts): at least
+ * the currency's minimum charge, at most eight digits (`MAX_AMOUNT`) in minor units; zero-decimal
+ * currencies (jpy) count whole units. `what` names the amount in the message.
+ */
+export function chargeLimits(amount: number, cur: Currency, param: string, what = "Amount"): void {
+  const min = CURRENCIES[cur].minimumCharge;
+  if (amount < min) {
+    throw invalid(
+      `${what} must be at least ${money(min, cur)} (got ${money(amount, cur)})`,
+      param,
+      "amount_too_small",
+    );
+  }
+  if (amount > MAX_AMOUNT) {
+    throw invalid(
+      `${what} must be no more than ${money(MAX_AMOUNT, cur)} (got ${money(amount, cur)})`,
+      param,
+      "amount_too_large",
+    );
+  }
+}
+
+/** Metadata as Stripe limits it: 50 keys, keys up to 40 characters, values up to 500 (docs.stripe.com/api/metadata). */
+export function metadata(params: Params, path = "metadata"): Record<string, string> {
+  const m = obj(params, "metadata", path) ?? {};
   const entries = Object.entries(m);
-  if (entries.length > 50) throw invalid("Metadata can have at most 50 keys", name);
+  if (entries.length > 50) throw invalid(`Metadata can have at most 50 keys, got ${entries.length}`, path);
   for (const [k, v] of entries) {
-    if (typeof v !== "string") throw invalid(`Invalid metadata value for ${k}`, `${name}[${k}]`);
-    if (k.length > 40) throw invalid(`Metadata keys can be at most 40 characters: ${k}`, `${name}[${k}]`);
-    if (v.length > 500) throw invalid(`Metadata values can be at most 500 characters`, `${name}[${k}]`);
+    if (typeof v !== "string") throw invalid(`Invalid metadata value for ${k}`, `${path}[${k}]`);
+    if (k.length > 40) throw invalid(`Metadata keys can be at most 40 characters: ${k}`, `${path}[${k}]`);
+    if (v.length > 500) throw invalid(`Metadata values can be at most 500 characters: ${k}`, `${path}[${k}]`);
   }
   return m as Record<string, string>;
 }
 
-function oneOf<T extends string>(
+/** An enum parameter: one of `allowed`. */
+export function oneOf<T extends string>(
   value: string | undefined,
   allowed: readonly T[],
   param: string,
 ): T | undefined {
   if (value !== undefined && !allowed.includes(value as T)) {
-    throw invalid(`Invalid ${param}: must be one of ${allowed.join(", ")}`, param);
+    throw invalid(`Invalid ${param}: must be one of ${allowed.join(", ")} (got '${value}')`, param);
   }
   return value as T | undefined;
 }
 
-function event(state: State, type: string, object: StripeObject): StripeEvent {
+/**
+ * Records an event and hands it to the emitter. `data.object` is the object after the change;
+ * `previous` becomes `data.previous_attributes` (on `*.updated` events); `request` is the API request that
+ * caused it, or `{id: null, idempotency_key: null}` for the clock and dashboard actions (`Events.d.ts`:
+ * "If null, the event was automatic"). `api_version` is the version the emulator speaks.
+ */
+export function event(
+  state: State,
+  type: string,
+  object: StripeObject,
+  previous?: Record<string, unknown>,
+): StripeEvent {
   const e: StripeEvent = {
     id: newId("evt"),
     object: "event",
     api_version: API_VERSION,
     created: state.now(),
-    data: { object: structuredClone(object) },
+    data: { object: structuredClone(object), ...(previous ? { previous_attributes: previous } : {}) },
     livemode: false,
-    pending_webhooks: 1,
-    request: { id: null, idempotency_key: null },
+    pending_webhooks: 0,
+    request: state.request ?? { id: null, idempotency_key: null },
     type,
   };
   state.events.set(e.id, e);
@@ -157,430 +303,131 @@ function event(state: State, type: string, object: StripeObject): StripeEvent {
   return e;
 }
 
-/** POST /v1/checkout/sessions */
-export function createCheckoutSession(state: State, p: Params): StripeObject {
-  const mode = oneOf(str(p, "mode"), ["payment"] as const, "mode");
-  if (!mode) throw missing("mode");
-  // Since 2026-03-25.dahlia; `hosted`, `embedded` and `custom` are refused
-  // (docs.stripe.com/changelog/dahlia/2026-03-25/updates-available-checkout-session-ui-modes).
-  const uiMode = oneOf(str(p, "ui_mode"), CHECKOUT_UI_MODES, "ui_mode") ?? "hosted_page";
-  const items = p.line_items;
-  if (items === undefined) throw missing("line_items");
-  if (!Array.isArray(items) || items.length === 0) throw invalid("Invalid array: line_items", "line_items");
-  let cur: string | undefined;
-  let subtotal = 0;
-  const lineItems = items.map((raw: Param, i) => {
-    const path = `line_items[${i}]`;
-    if (typeof raw !== "object" || Array.isArray(raw)) throw invalid(`Invalid object: ${path}`, path);
-    const quantity = int(raw, "quantity", `${path}[quantity]`, 1);
-    if (quantity === undefined) throw missing(`${path}[quantity]`);
-    const priceData = obj(raw, "price_data");
-    if (!priceData) throw missing(`${path}[price_data]`);
-    const c = currency(priceData, "currency", `${path}[price_data][currency]`);
-    if (!c) throw missing(`${path}[price_data][currency]`);
-    if (cur && c !== cur) {
-      throw invalid("All line items must use the same currency", `${path}[price_data][currency]`);
-    }
-    cur = c;
-    const unit = int(priceData, "unit_amount", `${path}[price_data][unit_amount]`, 0);
-    if (unit === undefined) throw missing(`${path}[price_data][unit_amount]`);
-    const product = obj(priceData, "product_data");
-    const name = product && str(product, "name", `${path}[price_data][product_data][name]`);
-    if (!name) throw missing(`${path}[price_data][product_data][name]`);
-    subtotal += unit * quantity;
-    return {
-      quantity,
-      amount_total: unit * quantity,
-      currency: c,
-      description: name,
-      price: { unit_amount: unit },
-    };
-  });
-  const created = state.now();
-  const expiresAt = int(p, "expires_at") ?? created + 86_400;
-  if (expiresAt < created + 1800) {
-    throw invalid(
-      "The `expires_at` timestamp must be at least 30 minutes from Checkout Session creation.",
-      "expires_at",
-    );
-  }
-  if (expiresAt > created + 86_400) {
-    throw invalid(
-      "The `expires_at` timestamp must be less than 24 hours from Checkout Session creation.",
-      "expires_at",
-    );
-  }
-  const successUrl = str(p, "success_url");
-  const returnUrl = str(p, "return_url");
-  if (uiMode === "embedded_page" && successUrl) {
-    throw invalid(
-      "`success_url` is not allowed when `ui_mode` is `embedded_page`; use `return_url`",
-      "success_url",
-    );
-  }
-  if (uiMode === "embedded_page" && !returnUrl) throw missing("return_url");
-  if (uiMode === "hosted_page" && returnUrl) {
-    throw invalid("`return_url` needs `ui_mode: embedded_page`", "return_url");
-  }
-  const clientReference = str(p, "client_reference_id");
-  if (clientReference && clientReference.length > 200) {
-    throw invalid("client_reference_id can be at most 200 characters", "client_reference_id");
-  }
-  const pid = obj(p, "payment_intent_data");
-  const id = newId("cs_test");
-  const session: StripeObject = {
-    id,
-    object: "checkout.session",
-    amount_subtotal: subtotal,
-    amount_total: subtotal,
-    client_reference_id: clientReference ?? null,
-    client_secret: uiMode === "embedded_page" ? `${id}_secret_${newId("x").slice(2)}` : null,
-    created,
-    currency: cur,
-    customer_email: str(p, "customer_email") ?? null,
-    expires_at: expiresAt,
-    line_items: { object: "list", data: lineItems },
-    livemode: false,
-    metadata: metadata(p),
-    mode,
-    payment_intent: null,
-    payment_intent_data: pid
-      ? {
-        metadata: metadata(pid),
-        transfer_group: str(pid, "transfer_group", "payment_intent_data[transfer_group]") ?? null,
-      }
-      : null,
-    payment_status: "unpaid",
-    return_url: returnUrl ?? null,
-    status: "open",
-    success_url: successUrl ?? null,
-    ui_mode: uiMode,
-    url: uiMode === "hosted_page" ? `${state.baseUrl}/_emulator/checkout/${id}` : null,
-  };
-  state.sessions.set(id, session);
-  return session;
+/** The values `fields` of `object` had, for `previous_attributes`. */
+export function before(object: StripeObject, fields: string[]): Record<string, unknown> {
+  return Object.fromEntries(fields.map((f) => [f, structuredClone(object[f] ?? null)]));
 }
 
-/** GET /v1/checkout/sessions/:id */
-export function getCheckoutSession(state: State, id: string): StripeObject {
-  const s = state.sessions.get(id);
-  if (!s) throw noSuch("checkout.session", id);
-  return s;
-}
-
-/** POST /v1/checkout/sessions/:id/expire (also used when the clock passes `expires_at`). */
-export function expireCheckoutSession(state: State, id: string): StripeObject {
-  const s = getCheckoutSession(state, id);
-  if (s.status !== "open") {
-    throw new StripeError(400, {
-      type: "invalid_request_error",
-      message:
-        `Only Checkout Sessions with a status in ["open"] can be expired. This Checkout Session has a status of "${s.status}".`,
-    });
-  }
-  s.status = "expired";
-  event(state, "checkout.session.expired", s);
-  return s;
-}
-
-/** Completes an open session as if the buyer paid: a succeeded PaymentIntent and charge. */
-export function payCheckoutSession(state: State, id: string): { session: StripeObject; event: StripeEvent } {
-  const s = getCheckoutSession(state, id);
-  if (s.status !== "open") {
-    throw new StripeError(400, {
-      type: "invalid_request_error",
-      message: `Checkout Session ${id} is ${s.status}, not open`,
-    });
-  }
-  const amount = s.amount_total as number;
-  const piData = s.payment_intent_data as
-    | { metadata?: Record<string, string>; transfer_group?: string }
-    | null;
-  const pi = succeededPaymentIntent(
-    state,
-    amount,
-    s.currency as string,
-    piData?.metadata ?? {},
-    piData?.transfer_group,
-  );
-  Object.assign(s, { status: "complete", payment_status: "paid", payment_intent: pi.id });
-  return { session: s, event: event(state, "checkout.session.completed", s) };
-}
-
-function succeededPaymentIntent(
-  state: State,
-  amount: number,
-  cur: string,
-  meta: Record<string, string>,
-  transferGroup?: string | null,
-): StripeObject {
-  const pi: StripeObject = {
-    id: newId("pi"),
-    object: "payment_intent",
-    amount,
-    amount_received: amount,
-    created: state.now(),
-    currency: cur,
-    latest_charge: null,
-    livemode: false,
-    metadata: meta,
-    status: "succeeded",
-    transfer_group: transferGroup ?? null,
-  };
-  const charge: StripeObject = {
-    id: newId("ch"),
-    object: "charge",
-    amount,
-    amount_refunded: 0,
-    captured: true,
-    created: state.now(),
-    currency: cur,
-    paid: true,
-    payment_intent: pi.id,
-    refunded: false,
-    status: "succeeded",
-  };
-  pi.latest_charge = charge.id;
-  state.paymentIntents.set(pi.id, pi);
-  state.charges.set(charge.id, charge);
-  state.balance += amount;
-  return pi;
-}
-
-/** POST /v1/payment_intents (created unconfirmed, as without a payment method). */
-export function createPaymentIntent(state: State, p: Params): StripeObject {
-  const amount = int(p, "amount", "amount", 50);
-  if (amount === undefined) throw missing("amount");
-  const cur = currency(p, "currency");
-  if (!cur) throw missing("currency");
-  const pi: StripeObject = {
-    id: newId("pi"),
-    object: "payment_intent",
-    amount,
-    amount_received: 0,
-    client_secret: null,
-    created: state.now(),
-    currency: cur,
-    latest_charge: null,
-    livemode: false,
-    metadata: metadata(p),
-    status: "requires_payment_method",
-    transfer_group: str(p, "transfer_group") ?? null,
-  };
-  pi.client_secret = `${pi.id}_secret_${newId("x").slice(2)}`;
-  state.paymentIntents.set(pi.id, pi);
-  return pi;
-}
-
-/** GET /v1/payment_intents/:id */
-export function getPaymentIntent(state: State, id: string): StripeObject {
-  const pi = state.paymentIntents.get(id);
-  if (!pi) throw noSuch("payment_intent", id);
-  return pi;
-}
-
-/** POST /v1/refunds */
-export function createRefund(state: State, p: Params): StripeObject {
-  const piId = str(p, "payment_intent");
-  const chargeId = str(p, "charge");
-  if (!piId && !chargeId) throw missing("payment_intent");
-  const amount = int(p, "amount", "amount", 1);
-  const reason = oneOf(
-    str(p, "reason"),
-    ["duplicate", "fraudulent", "requested_by_customer"] as const,
-    "reason",
-  );
-  const meta = metadata(p);
-  let charge: StripeObject | undefined;
-  if (piId) {
-    const pi = state.paymentIntents.get(piId);
-    if (!pi) throw noSuch("payment_intent", piId, "payment_intent");
-    charge = pi.latest_charge ? state.charges.get(pi.latest_charge as string) : undefined;
-    if (!charge || pi.status !== "succeeded") {
-      throw new StripeError(400, {
-        type: "invalid_request_error",
-        code: "charge_not_refundable",
-        message: `This PaymentIntent (${piId}) does not have a successful charge to refund.`,
-      });
-    }
-  } else {
-    charge = state.charges.get(chargeId!);
-    if (!charge) throw noSuch("charge", chargeId!, "charge");
-  }
-  const remaining = (charge.amount as number) - (charge.amount_refunded as number);
-  if (remaining === 0) {
-    throw new StripeError(400, {
-      type: "invalid_request_error",
-      code: "charge_already_refunded",
-      message: `Charge ${charge.id} has already been refunded.`,
-    });
-  }
-  const value = amount ?? remaining;
-  if (value > remaining) {
-    throw new StripeError(400, {
-      type: "invalid_request_error",
-      code: "amount_too_large",
-      param: "amount",
-      message: `Refund amount (${value}) is greater than unrefunded amount on charge (${remaining})`,
-    });
-  }
-  const refund: StripeObject = {
-    id: newId("re"),
-    object: "refund",
-    amount: value,
-    charge: charge.id,
-    created: state.now(),
-    currency: charge.currency,
-    metadata: meta,
-    payment_intent: charge.payment_intent,
-    reason: reason ?? null,
-    status: "succeeded",
-  };
-  state.refunds.set(refund.id, refund);
-  charge.amount_refunded = (charge.amount_refunded as number) + value;
-  charge.refunded = charge.amount_refunded === charge.amount;
-  state.balance -= value;
-  event(state, "charge.refunded", charge);
-  event(state, "refund.created", refund);
-  return refund;
-}
-
-/** A refund's later status change (succeeded -> failed gives the charge its amount back). */
-export function updateRefundStatus(state: State, id: string, status: string): StripeObject {
-  const refund = getRefund(state, id);
-  const charge = state.charges.get(refund.charge as string)!;
-  const counted = (s: unknown) => s === "succeeded" || s === "pending";
-  if (counted(refund.status) && !counted(status)) {
-    charge.amount_refunded = (charge.amount_refunded as number) - (refund.amount as number);
-    state.balance += refund.amount as number;
-  }
-  refund.status = status;
-  charge.refunded = charge.amount_refunded === charge.amount;
-  event(state, "refund.updated", refund);
-  return refund;
-}
-
-/** GET /v1/refunds/:id */
-export function getRefund(state: State, id: string): StripeObject {
-  const r = state.refunds.get(id);
-  if (!r) throw noSuch("refund", id);
-  return r;
-}
-
-/** POST /v1/transfers (from the platform balance to a connected account). */
-export function createTransfer(state: State, p: Params): StripeObject {
-  const amount = int(p, "amount", "amount", 1);
-  if (amount === undefined) throw missing("amount");
-  const cur = currency(p, "currency");
-  if (!cur) throw missing("currency");
-  const destination = str(p, "destination");
-  if (!destination) throw missing("destination");
-  const meta = metadata(p);
-  const transferGroup = str(p, "transfer_group") ?? null;
-  if (!/^acct_[A-Za-z0-9_]+$/.test(destination)) throw noSuch("destination", destination, "destination");
-  if (amount > state.balance) {
-    throw new StripeError(400, {
-      type: "invalid_request_error",
-      code: "balance_insufficient",
-      message: "You have insufficient available funds in your Stripe account.",
-    });
-  }
-  const transfer: StripeObject = {
-    id: newId("tr"),
-    object: "transfer",
-    amount,
-    amount_reversed: 0,
-    created: state.now(),
-    currency: cur,
-    destination,
-    livemode: false,
-    metadata: meta,
-    reversals: { object: "list", data: [] },
-    reversed: false,
-    transfer_group: transferGroup,
-  };
-  state.transfers.set(transfer.id, transfer);
-  state.balance -= amount;
-  event(state, "transfer.created", transfer);
-  return transfer;
-}
-
-/** GET /v1/transfers/:id */
-export function getTransfer(state: State, id: string): StripeObject {
-  const t = state.transfers.get(id);
-  if (!t) throw noSuch("transfer", id);
-  return t;
-}
-
-/** POST /v1/transfers/:id/reversals */
-export function reverseTransfer(state: State, id: string, p: Params): StripeObject {
-  const transfer = getTransfer(state, id);
-  const left = (transfer.amount as number) - (transfer.amount_reversed as number);
-  const amount = int(p, "amount", "amount", 1) ?? left;
-  if (amount > left) {
-    throw new StripeError(400, {
-      type: "invalid_request_error",
-      code: "amount_too_large",
-      param: "amount",
-      message: `Reversal amount (${amount}) is greater than the transfer's unreversed amount (${left})`,
-    });
-  }
-  const reversal: StripeObject = {
-    id: newId("trr"),
-    object: "transfer_reversal",
-    amount,
-    created: state.now(),
-    currency: transfer.currency,
-    metadata: metadata(p),
-    transfer: transfer.id,
-  };
-  transfer.amount_reversed = (transfer.amount_reversed as number) + amount;
-  transfer.reversed = transfer.amount_reversed === transfer.amount;
-  (transfer.reversals as { data: StripeObject[] }).data.push(reversal);
-  state.balance += amount;
-  event(state, "transfer.reversed", transfer);
-  return reversal;
+/** The objects an id names, by its prefix (`ch_` charges, ...), for `expand` and look-ups. */
+function collection(state: State, id: string): Map<string, StripeObject> | undefined {
+  const prefix = id.slice(0, id.indexOf("_"));
+  return {
+    cs: state.sessions,
+    pi: state.paymentIntents,
+    ch: state.charges,
+    re: state.refunds,
+    tr: state.transfers,
+    trr: state.reversals,
+    dp: state.disputes,
+    txn: state.balanceTransactions,
+    evt: state.events,
+  }[prefix];
 }
 
 /**
- * GET on a collection: `{object: "list", data, has_more, url}`, newest first, `limit` (1-100, default 10),
- * `starting_after` / `ending_before`, and equality filters on `filters` (`created` also as a range with
- * gt/gte/lt/lte) (docs.stripe.com/api/pagination).
+ * `expand`: replaces each path's id (`latest_charge.balance_transaction`; `data.x` in lists) by its
+ * object (docs.stripe.com/expand). A path that does not name an expandable id is refused.
+ */
+export function expand<T extends Answer>(state: State, object: T, paths: string[]): T {
+  if (paths.length === 0) return object;
+  const out = structuredClone(object);
+  for (const path of paths) expandPath(state, out, path.split("."), path);
+  return out;
+}
+
+function expandPath(
+  state: State,
+  node: Record<string, unknown>,
+  [head, ...rest]: string[],
+  path: string,
+): void {
+  let value = node[head];
+  if (typeof value === "string") {
+    const found = collection(state, value)?.get(value);
+    if (!found) throw invalid(`This property cannot be expanded (${path}).`, "expand");
+    value = node[head] = structuredClone(found);
+  }
+  if (value === null) return;
+  if (typeof value !== "object" || value === undefined) {
+    throw invalid(`This property cannot be expanded (${path}).`, "expand");
+  }
+  if (rest.length === 0) return;
+  for (const item of Array.isArray(value) ? value : [value]) expandPath(state, item, rest, path);
+}
+
+/** A `created` filter: a timestamp, or a range `{gt, gte, lt, lte}`. */
+export function createdFilter(params: Params): (o: StripeObject) => boolean {
+  const c = params.created;
+  if (c === undefined) return () => true;
+  if (typeof c === "string") {
+    const at = int(params, "created");
+    return (o) => o.created === at;
+  }
+  if (Array.isArray(c)) throw invalid("Invalid created: a timestamp or a range", "created");
+  known(c, ["gt", "gte", "lt", "lte"], "created");
+  const bound = (k: string) => int(c, k, `created[${k}]`);
+  const [gt, gte, lt, lte] = ["gt", "gte", "lt", "lte"].map(bound);
+  return (o) => {
+    const t = o.created as number;
+    return (gt === undefined || t > gt) && (gte === undefined || t >= gte) &&
+      (lt === undefined || t < lt) && (lte === undefined || t <= lte);
+  };
+}
+
+/** Keeps the objects whose `field` equals the parameter of the same name, when given. */
+export function equals(params: Params, name: string, field = name): (o: StripeObject) => boolean {
+  const v = str(params, name);
+  return (o) => v === undefined || o[field] === v;
+}
+
+/** Objects newest first, as Stripe lists them (a Map keeps insertion order; ties stay newest first). */
+export function newestFirst(objects: Iterable<StripeObject>): StripeObject[] {
+  return [...objects].reverse().sort((a, b) => (b.created as number) - (a.created as number));
+}
+
+/**
+ * A page of a list as Stripe answers it (docs.stripe.com/api/pagination): `objects` in the list's order,
+ * `limit` 1-100 (default 10), `starting_after` / `ending_before` an object's id,
+ * `{object: "list", data, has_more, url}`.
  */
 export function list(
-  objects: Map<string, StripeObject>,
   url: string,
-  p: Params,
-  filters: string[],
-): StripeObject {
-  for (const name of Object.keys(p)) {
-    if (![...filters, "limit", "starting_after", "ending_before", "expand"].includes(name)) {
-      throw invalid(`Received unknown parameter: ${name}`, name, "parameter_unknown");
-    }
+  objects: StripeObject[],
+  params: Params,
+  ...filters: ((o: StripeObject) => boolean)[]
+): Answer {
+  const limit = int(params, "limit", "limit", 1) ?? 10;
+  if (limit > 100) {
+    throw invalid(
+      `This value must be less than or equal to 100 (it currently is '${limit}').`,
+      "limit",
+      "parameter_invalid_integer",
+    );
   }
-  const limit = int(p, "limit", "limit", 1) ?? 10;
-  if (limit > 100) throw invalid("Invalid limit: must be at most 100", "limit");
-  const matches = (o: StripeObject) =>
-    filters.every((name) => {
-      const want = p[name];
-      if (want === undefined) return true;
-      if (name === "created" && typeof want === "object" && !Array.isArray(want)) {
-        const at = o.created as number;
-        const bound = (k: string) => (typeof want[k] === "string" ? Number(want[k]) : undefined);
-        return (bound("gt") === undefined || at > bound("gt")!) &&
-          (bound("gte") === undefined || at >= bound("gte")!) &&
-          (bound("lt") === undefined || at < bound("lt")!) &&
-          (bound("lte") === undefined || at <= bound("lte")!);
-      }
-      return String(o[name]) === want;
-    });
-  // Maps keep insertion order: reversed, newest first.
-  let all = [...objects.values()].reverse().filter(matches);
-  const after = str(p, "starting_after");
-  const before = str(p, "ending_before");
-  if (after) all = all.slice(all.findIndex((o) => o.id === after) + 1);
-  const end = before ? Math.max(0, all.findIndex((o) => o.id === before)) : all.length;
-  const data = before ? all.slice(Math.max(0, end - limit), end) : all.slice(0, limit);
-  const hasMore = before ? end > limit : all.length > limit;
-  return { id: "", object: "list", data, has_more: hasMore, url } as StripeObject;
+  const all = objects.filter((o) => filters.every((f) => f(o)));
+  const cursor = (name: string) => {
+    const id = str(params, name);
+    if (id === undefined) return undefined;
+    const at = all.findIndex((o) => o.id === id);
+    if (at < 0) throw invalid(`Invalid ${name}: no object '${id}' in this list`, name, "resource_missing");
+    return at;
+  };
+  const after = cursor("starting_after");
+  const beforeAt = cursor("ending_before");
+  let data: StripeObject[];
+  let hasMore: boolean;
+  if (beforeAt !== undefined) {
+    data = all.slice(Math.max(0, beforeAt - limit), beforeAt);
+    hasMore = beforeAt - limit > 0;
+  } else {
+    const from = after === undefined ? 0 : after + 1;
+    data = all.slice(from, from + limit);
+    hasMore = from + limit < all.length;
+  }
+  return { object: "list", data, has_more: hasMore, url };
+}
+
+/** A list object as it appears inside another object (`transfer.reversals`). */
+export function embeddedList(url: string, data: StripeObject[]): Answer {
+  return { object: "list", data, has_more: false, total_count: data.length, url };
 }
