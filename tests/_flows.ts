@@ -132,8 +132,8 @@ export async function footprint(stack: Stack) {
 }
 
 /** The organiser's wallet, as get_wallet() answers it. */
-export async function wallet(organiser: { client: SupabaseClient }) {
-  const { data, error } = await organiser.client.rpc("get_wallet");
+export async function wallet(organiser: { client: SupabaseClient }, currency = "usd") {
+  const { data, error } = await organiser.client.rpc("get_wallet", { p_currency: currency });
   assert.equal(error, null);
   return data as {
     currency: string;

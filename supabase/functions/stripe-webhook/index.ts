@@ -84,7 +84,11 @@ async function chargeOfPaidSession(event: Stripe.Event): Promise<Stripe.Charge |
   const intent = await stripeClient().paymentIntents.retrieve(session.payment_intent, {
     expand: ["latest_charge.balance_transaction"],
   });
-  return typeof intent.latest_charge === "object" ? intent.latest_charge : null;
+  const charge = intent.latest_charge;
+  if (typeof charge !== "object" || typeof charge?.balance_transaction !== "object") {
+    throw new Error(`PaymentIntent ${intent.id} came back without its charge's balance transaction`);
+  }
+  return charge;
 }
 
 /**

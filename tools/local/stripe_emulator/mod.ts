@@ -134,14 +134,13 @@ export class StripeEmulator {
   #chaos: Chaos | null = null;
   #keys = new Map<string, Entry>();
   #outbox: R.StripeEvent[] = [];
-  #offset = 0;
   #server?: http.Server;
   #inflightDeliveries = new Set<Promise<unknown>>();
 
   constructor(readonly options: EmulatorOptions) {
     this.state = R.createState(
       "",
-      () => Math.floor(Date.now() / 1000) + this.#offset,
+      () => Math.floor(Date.now() / 1000),
       (e) => {
         e.pending_webhooks = this.options.webhookUrl ? 1 : 0;
         this.#outbox.push(e);
@@ -186,12 +185,16 @@ export class StripeEmulator {
   }
 
   /**
-   * Moves the emulator's clock: charges' funds whose `available_on` passed become available, pending
-   * refunds the balance now covers succeed, open sessions whose `expires_at` passed expire.
+   * Lets `seconds` pass for everything the emulator holds: every timestamp of its objects and idempotency
+   * keys moves back by `seconds`, so charges' funds whose `available_on` passed become available, pending
+   * refunds the balance now covers succeed, open sessions whose `expires_at` passed expire, keys older than
+   * 24 hours are forgotten. The clock itself stays on real time, like Stripe's and the database's, so new
+   * requests (a Checkout Session's `expires_at` computed by the database) are judged as Stripe would.
    */
   async advanceClock(seconds: number, options: ActionOptions = {}): Promise<Delivery[]> {
     return (await this.#act(() => {
-      this.#offset += seconds;
+      R.age(this.state, seconds);
+      for (const entry of this.#keys.values()) entry.createdAt -= seconds;
       M.settle(this.state);
       for (const s of this.state.sessions.values()) {
         if (s.status === "open" && (s.expires_at as number) <= this.state.now()) {

@@ -431,3 +431,23 @@ export function list(
 export function embeddedList(url: string, data: StripeObject[]): Answer {
   return { object: "list", data, has_more: false, total_count: data.length, url };
 }
+
+/** The timestamp fields (unix seconds) of the objects the emulator keeps. */
+const TIME_FIELDS = new Set(["created", "expires_at", "available_on", "due_by", "arrival_date"]);
+
+/** Moves every timestamp the state holds `seconds` into the past, as if that much time had passed. */
+export function age(state: State, seconds: number): void {
+  const walk = (node: unknown): void => {
+    if (Array.isArray(node)) return node.forEach(walk);
+    if (node === null || typeof node !== "object") return;
+    for (const [key, value] of Object.entries(node)) {
+      if (TIME_FIELDS.has(key) && typeof value === "number") {
+        (node as Record<string, number>)[key] = value - seconds;
+      } else walk(value);
+    }
+  };
+  for (const value of Object.values(state)) {
+    if (value instanceof Map) { for (const o of value.values()) walk(o); }
+    else if (Array.isArray(value)) walk(value);
+  }
+}

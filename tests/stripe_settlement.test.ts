@@ -1,0 +1,152 @@
+// Stripe as it settles money and outcomes: card funds pending before they are available (payouts wait
+// for them), and a 5xx that Stripe saved for a key (settled by looking the object up, not by retrying).
+// This file moves the emulator's clock, so it has a stack of its own.
+import assert from "node:assert/strict";
+import { stripeClient } from "../supabase/functions/_shared/stripe.ts";
+import type { Stack } from "../tools/local/stack.ts";
+import { BUYER, call, ledgerTest, newOrganiser, paidOrder, uid, wallet } from "./_flows.ts";
+
+const DAYS_2 = 2 * 86_400;
+
+/** An organiser selling in euros, a currency in which the test platform starts with nothing. */
+async function euroOrganiser(stack: Stack) {
+  const organiser = await newOrganiser(stack);
+  const { data: event, error } = await organiser.client.rpc("create_event", {
+    p_title: "Concert in euros",
+    p_starts_at: new Date(Date.now() + 30 * 86_400_000).toISOString(),
+    p_tiers: [{ name: "Seat", price_cents: 4000, capacity: 100 }],
+    p_currency: "eur",
+  });
+  assert.equal(error, null);
+  return { ...organiser, eventId: event.id as string, tierId: event.tiers[0].id as string };
+}
+
+ledgerTest(
+  "a payout right after a sale waits for Stripe's funds: 409 funds-pending with when, never balance_insufficient",
+  async (stack) => {
+    const emulator = stack.stripe!;
+    emulator.options.fundsDelaySeconds = DAYS_2;
+    try {
+      const organiser = await euroOrganiser(stack);
+      const checkout = await call(stack, "enhanced-checkout", {
+        event_id: organiser.eventId,
+        items: [{ tier_id: organiser.tierId, quantity: 1 }],
+      }, { token: await stack.userToken(BUYER) });
+      assert.equal(checkout.status, 201, checkout.text);
+      await emulator.paySession(checkout.body.checkout_session_id as string);
+      const [order] = await stack.db.query<
+        { id: string; funds_available_at: Date; stripe_charge_id: string }
+      >(
+        "select id, funds_available_at, stripe_charge_id from events.orders where id = $1",
+        [checkout.body.order_id],
+      );
+      const charge = await stripeClient().charges.retrieve(order.stripe_charge_id, {
+        expand: ["balance_transaction"],
+      });
+      const availableOn = (charge.balance_transaction as { available_on: number }).available_on;
+      assert.equal(order.funds_available_at.getTime(), availableOn * 1000, "the order knows Stripe's date");
+
+      const walletNow = await wallet({ client: organiser.client }, "eur");
+      assert.deepEqual([walletNow.available_cents, walletNow.pending_funds_cents], [0, 4000]);
+      const early = await call(stack, "payouts", { amount_cents: 3000, currency: "eur" }, {
+        token: organiser.token,
+      });
+      assert.deepEqual([early.status, early.body.type], [409, "/problems/funds-pending"], early.text);
+      assert.equal(Date.parse(early.body.available_at as string), availableOn * 1000);
+      assert.ok(Number(early.headers.get("retry-after")) > DAYS_2 - 60);
+      // what the rule spares us: Stripe itself would refuse this transfer now
+      await assert.rejects(
+        stripeClient().transfers.create({ amount: 3000, currency: "eur", destination: organiser.account }),
+        (e: { code?: string }) => e.code === "balance_insufficient",
+      );
+
+      // two days pass, for Stripe and for the database alike
+      await emulator.advanceClock(DAYS_2 + 1);
+      await stack.db.query(
+        "update events.orders set funds_available_at = funds_available_at - make_interval(secs => $2) where id = $1",
+        [order.id, DAYS_2 + 1],
+      );
+      const later = await call(stack, "payouts", { amount_cents: 3000, currency: "eur" }, {
+        token: organiser.token,
+      });
+      assert.equal(later.status, 201, later.text);
+      const refused = emulator.requests.filter((r) =>
+        r.path === "/v1/transfers" && r.idempotencyKey?.startsWith("payout:create:") && r.status >= 400
+      );
+      assert.deepEqual(refused, [], "Stripe never refused one of the product's transfers");
+      const transfer = emulator.state.transfers.get(later.body.stripe_transfer_id as string)!;
+      assert.deepEqual([transfer.amount, transfer.currency], [3000, "eur"]);
+    } finally {
+      emulator.options.fundsDelaySeconds = 0;
+    }
+  },
+);
+
+for (const created of [true, false]) {
+  ledgerTest(
+    `a refund whose first answer is a saved 500 (object ${
+      created ? "made" : "not made"
+    }) is settled by look-up`,
+    async (stack) => {
+      const organiser = await newOrganiser(stack);
+      const order = await paidOrder(stack, organiser, 2);
+      const before = await wallet(organiser);
+      const start = stack.stripe!.requests.length;
+      stack.stripe!.addFault({ kind: "error_after", path: "/v1/refunds", created });
+      const key = uid();
+      const body = { order_id: order.orderId, amount_cents: 1500 };
+      const first = await call(stack, "refunds", body, { token: organiser.token, key });
+      assert.equal(first.status, 503, first.text);
+      // the client retries with its key: Stripe replays the saved 500, so the refund is looked up
+      const second = await call(stack, "refunds", body, { token: organiser.token, key });
+      const atStripe = [...stack.stripe!.state.refunds.values()].filter((r) =>
+        r.payment_intent === order.paymentIntent
+      );
+      if (created) {
+        assert.equal(second.status, 201, second.text);
+        assert.equal(atStripe.length, 1);
+        assert.equal(second.body.stripe_refund_id, atStripe[0].id);
+        assert.equal(
+          (await wallet(organiser)).available_cents,
+          before.available_cents - Math.floor(1500 * 5000 / order.total),
+        );
+      } else {
+        assert.deepEqual(
+          [second.status, second.body.type],
+          [409, "/problems/operation-not-created"],
+          second.text,
+        );
+        assert.equal(atStripe.length, 0);
+        assert.deepEqual(await wallet(organiser), before, "the debit is given back");
+        const replay = await call(stack, "refunds", body, { token: organiser.token, key });
+        assert.deepEqual([replay.status, replay.headers.get("idempotent-replayed")], [409, "true"]);
+        const again = await call(stack, "refunds", body, { token: organiser.token });
+        assert.equal(again.status, 201, "asked again under a new key, the refund is made");
+      }
+      const posts = stack.stripe!.requests.slice(start).filter((r) =>
+        r.path === "/v1/refunds" && r.method === "POST"
+      );
+      assert.ok(posts.length <= (created ? 2 : 3), `no retry loop: ${JSON.stringify(posts)}`);
+    },
+  );
+}
+
+ledgerTest("a saved 500 left by a dead holder is settled by the reconciler's look-up", async (stack) => {
+  const organiser = await newOrganiser(stack);
+  await paidOrder(stack, organiser, 2);
+  stack.stripe!.addFault({ kind: "error_after", path: "/v1/transfers", created: true });
+  const first = await call(stack, "payouts", { amount_cents: 2000 }, { token: organiser.token });
+  assert.equal(first.status, 503);
+  // the client never comes back; the reconciler finds the operation released and re-sends it
+  const report = await call(stack, "stripe-reconcile", {}, { token: stack.serviceRoleKey, key: null });
+  assert.equal(report.status, 200, report.text);
+  const [payout] = await stack.db.query<{ status: string; stripe_transfer_id: string }>(
+    "select status, stripe_transfer_id from wallet.payouts where organiser_id = $1",
+    [organiser.id],
+  );
+  const transfers = [...stack.stripe!.state.transfers.values()].filter((t) =>
+    t.destination === organiser.account
+  );
+  assert.equal(transfers.length, 1);
+  assert.deepEqual(payout, { status: "paid", stripe_transfer_id: transfers[0].id });
+});
