@@ -506,6 +506,35 @@ ledgerTest(
   },
 );
 
+ledgerTest("a stale needs_attention payout is resolved by the reconciler's next look-up", async (stack) => {
+  stack.stripe!.options.autoDeliver = false;
+  const organiser = await newOrganiser(stack);
+  await paidOrder(stack, organiser, 2);
+  const key = await stallPastKeyWindow(stack, organiser, "payouts", { amount_cents: 1200 }, "payout:create");
+  // parked earlier (say the look-up met an outage of Stripe's list), 20 minutes ago
+  await stack.db.query(
+    `update public.stripe_idempotency_keys set status = 'needs_attention', locked_until = null,
+       evidence = '{"reason": "list unavailable"}', updated_at = now() - interval '20 minutes'
+     where operation_type = 'payout:create' and user_id = $1`,
+    [organiser.id],
+  );
+  const stuck = await call(stack, "payouts", { amount_cents: 1200 }, { token: organiser.token, key });
+  assert.equal(stuck.status, 409);
+  const posts = stack.stripe!.requests.filter((r) => r.method === "POST").length;
+  const report = await call(stack, "stripe-reconcile", {}, { token: stack.serviceRoleKey, key: null });
+  assert.equal((report.body.settled as { completed: number }).completed, 1, report.text);
+  assert.equal(
+    stack.stripe!.requests.filter((r) => r.method === "POST").length,
+    posts,
+    "looked up, not re-sent",
+  );
+  const [transfer] = [...stack.stripe!.state.transfers.values()].filter((t) =>
+    t.destination === organiser.account
+  );
+  const done = await call(stack, "payouts", { amount_cents: 1200 }, { token: organiser.token, key });
+  assert.deepEqual([done.status, done.body.status, done.body.stripe_transfer_id], [201, "paid", transfer.id]);
+});
+
 ledgerTest(
   "a look-up that cannot decide leaves the operation to an operator, who settles it with its payout or refund",
   async (stack) => {
