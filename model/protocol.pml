@@ -24,7 +24,7 @@
  *   LOOKUP_ON_UNKNOWN     (d) any unknown outcome (fresh 5xx, 409, timeout) settled by look-up
  *   ABSENT_AT_23H         (e) "absent" after the 23 h window taken as proof before every sender is gone
  *   NO_WINDOW             (f) re-sending with the stored key whatever the operation's age
- *   CURRENT               the code as it is today: a replayed 5xx is released and retried with the same key,
+ *   CURRENT               the code before the model (commit 00a099f), kept to show what it caught: a replayed 5xx is released and retried with the same key,
  *                         past 23 h the row becomes needs_attention, and the operator may resolve an
  *                         in_progress row whose lease ran out with what the dashboard shows
  *   NOCLOCK               time never passes: checks that operations settle inside the key window

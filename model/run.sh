@@ -26,8 +26,8 @@ checks=(
   "d-lookup-unknown|-DLOOKUP_ON_UNKNOWN|safety|P5|(d) look-up after any unknown outcome, not only a replayed 5xx"
   "e-absent-at-23h|-DABSENT_AT_23H|safety|P5|(e) absence after 23 h taken as proof while a late holder may send"
   "f-no-window|-DNO_WINDOW|safety|P1|(f) re-send with the stored key whatever the age (key forgotten)"
-  "today|-DCURRENT|safety|P5|today's code: resolve_stripe_operation on an expired in_progress row"
-  "today-no-clock|-DCURRENT -DNOCLOCK|live-A|L|today's code: a saved 5xx is retried until the 23 h window"
+  "before-fix|-DCURRENT|safety|P5|the code before the model: resolve_stripe_operation on an expired in_progress row"
+  "before-fix-no-clock|-DCURRENT -DNOCLOCK|live-A|L|the code before the model: a saved 5xx retried until the 23 h window"
   "open-unsaved-4xx|-DUNSAVED_4XX|safety|P5|open: a 4xx Stripe did not save, then a late holder's request executes"
 )
 

@@ -439,7 +439,7 @@ ledgerTest("an old key resent after its records expired never reaches Stripe aga
   }
 });
 
-/** Makes `fn` die after Stripe acted, then lets a day pass: Stripe's key window is over. */
+/** Makes `fn` die after Stripe acted, then lets a day and more pass: Stripe has forgotten the key. */
 async function stallPastKeyWindow(
   stack: Stack,
   organiser: { id: string; token: string },
@@ -455,7 +455,7 @@ async function stallPastKeyWindow(
   delete testHooks.afterStripe;
   assert.equal(answer.status, 500);
   await stack.db.query(
-    `update public.stripe_idempotency_keys set created_at = now() - interval '24 hours', locked_until = now()
+    `update public.stripe_idempotency_keys set created_at = now() - interval '25 hours', locked_until = now()
      where operation_type = $1 and status = 'in_progress' and user_id = $2`,
     [type, organiser.id],
   );
@@ -503,6 +503,52 @@ ledgerTest(
     assert.deepEqual([refund.status, refund.body.stripe_refund_id], [201, stripeRefund.id]);
     const share = Math.floor(800 * order.subtotal / order.total);
     assert.equal((await wallet(organiser)).available_cents, order.subtotal - 1500 - share);
+  },
+);
+
+ledgerTest(
+  "a look-up that finds nothing while the key could still execute waits for Stripe to forget it, then fails cleanly",
+  async (stack) => {
+    const organiser = await newOrganiser(stack);
+    await paidOrder(stack, organiser, 2);
+    const before = await wallet(organiser);
+    // the payout's request never reached Stripe's execution, and its holder vanished
+    stack.stripe!.addFault({ kind: "error_before", path: "/v1/transfers", times: 3 });
+    const key = uid();
+    const first = await call(stack, "payouts", { amount_cents: 1500 }, { token: organiser.token, key });
+    assert.equal(first.status, 503, first.text);
+    const age = (interval: string) =>
+      stack.db.query(
+        `update public.stripe_idempotency_keys set created_at = now() - $2::interval, locked_until = now()
+         where operation_type = 'payout:create' and user_id = $1`,
+        [organiser.id, interval],
+      );
+    // 23.5 hours on: past the window for re-sending, but a request with the key could still execute
+    await age("23 hours 30 minutes");
+    const early = await call(stack, "stripe-reconcile", {}, { token: stack.serviceRoleKey, key: null });
+    assert.equal((early.body.settled as { deferred: number }).deferred, 1, early.text);
+    const [deferred] = await stack.db.query<{ status: string; deferred: boolean }>(
+      `select status, locked_until >= created_at + interval '24 hours 5 minutes' as deferred
+       from public.stripe_idempotency_keys where operation_type = 'payout:create' and user_id = $1`,
+      [organiser.id],
+    );
+    assert.deepEqual(deferred, { status: "in_progress", deferred: true });
+    const waiting = await call(stack, "payouts", { amount_cents: 1500 }, { token: organiser.token, key });
+    assert.deepEqual([waiting.status, waiting.body.type], [409, "/problems/operation-in-progress"]);
+    // 25 hours on: Stripe has forgotten the key; nothing found is now proof
+    await age("25 hours");
+    await call(stack, "stripe-reconcile", {}, { token: stack.serviceRoleKey, key: null });
+    const answer = await call(stack, "payouts", { amount_cents: 1500 }, { token: organiser.token, key });
+    assert.deepEqual(
+      [answer.status, answer.body.type],
+      [409, "/problems/operation-not-created"],
+      answer.text,
+    );
+    assert.deepEqual(await wallet(organiser), before, "the payout's debit is given back");
+    const transfers = [...stack.stripe!.state.transfers.values()].filter((t) =>
+      t.destination === organiser.account
+    );
+    assert.equal(transfers.length, 0);
   },
 );
 

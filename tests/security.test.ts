@@ -32,6 +32,7 @@ const EXPECTED_EXECUTE: Record<string, string[]> = {
   "public.fail_stripe_operation(text,text,bigint,jsonb,integer)": ["service_role"],
   "public.release_stripe_operation(text,text,bigint,text)": ["service_role"],
   "public.attention_stripe_operation(text,text,bigint,jsonb)": ["service_role"],
+  "public.defer_stripe_operation(text,text,bigint,text)": ["service_role"],
   "public.claim_idempotency_key(text,text,text,text,integer,integer)": ["service_role"],
   "public.complete_idempotency_key(text,text,bigint,integer,jsonb,text)": ["service_role"],
   "public.fail_idempotency_key(text,text,bigint,integer,jsonb,text)": ["service_role"],

@@ -124,9 +124,13 @@ export async function withStripeIdempotency<R extends { id: string }>(
 
   let result: R | undefined;
   let lookup = claim.mode === "lookup";
+  // Whether "Stripe holds no object" proves that none will ever exist: no request with the key can still
+  // execute (model/protocol.pml, property P5).
+  let absentIsProof = claim.absentIsProof;
   if (!lookup && options.sendable && !options.sendable()) {
+    // Stripe refuses these parameters now, and so any late request with them: nothing more can be made.
     log("info", "stored parameters can no longer be sent; settling by look-up", { operation: name });
-    lookup = true;
+    lookup = absentIsProof = true;
   }
   if (!lookup) {
     try {
@@ -143,12 +147,13 @@ export async function withStripeIdempotency<R extends { id: string }>(
       if (!savedServerError(e) || !options.lookup) {
         await unknown(e, "Stripe outcome unknown; released for a retry with the same key");
       }
-      // Stripe saved a 5xx for this key once execution began and replays it: the key cannot settle it.
+      // Stripe saved a 5xx for this key once execution began and replays it: the key cannot settle it,
+      // and no request with it can execute again while Stripe keeps it.
       log("warn", "Stripe replays a saved 5xx for this key; settling by look-up", {
         operation: name,
         error: e,
       });
-      lookup = true;
+      lookup = absentIsProof = true;
     }
   }
   if (lookup) {
@@ -169,6 +174,10 @@ export async function withStripeIdempotency<R extends { id: string }>(
       });
       await store.attention(op, token, found.undecided);
       throw new OperationNeedsAttentionError(`Operation '${name}'`);
+    }
+    if ("absent" in found && !absentIsProof) {
+      await store.defer(op, token, `look-up found ${found.absent}; the key could still execute`);
+      throw new OperationInProgressError(`Operation '${name}'`, KEY_FORGOTTEN_SECONDS);
     }
     if ("absent" in found) {
       const failure: StripeFailure = {
@@ -216,6 +225,9 @@ function savedServerError(error: unknown): boolean {
   const headers = Object.entries(error.headers ?? {});
   return headers.some(([name, value]) => name.toLowerCase() === "idempotent-replayed" && value === "true");
 }
+
+/** How long after a deferred look-up to try again, at most (Stripe keeps keys 24 hours). */
+const KEY_FORGOTTEN_SECONDS = 3600;
 
 function secondsUntil(iso: string): number {
   return Math.max(1, Math.ceil((Date.parse(iso) - Date.now()) / 1000));

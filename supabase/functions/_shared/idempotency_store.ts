@@ -33,7 +33,15 @@ export type ClaimMode = "send" | "lookup";
 
 /** What the store answers to a claim. */
 export type StripeClaim =
-  | { outcome: "acquired"; stripeKey: string; fencingToken: number; mode: ClaimMode; createdAt: string }
+  | {
+    outcome: "acquired";
+    stripeKey: string;
+    fencingToken: number;
+    mode: ClaimMode;
+    createdAt: string;
+    /** Stripe has forgotten the key: no request with it can still create the object. */
+    absentIsProof: boolean;
+  }
   | { outcome: "replay"; status: "completed"; resourceId: string; response: Json }
   | { outcome: "replay"; status: "failed"; error: StripeFailure }
   | { outcome: "in_progress"; lockedUntil: string }
@@ -56,6 +64,8 @@ export interface StripeOperationStore {
   release(op: StripeOperation, fencingToken: number, reason: string): Promise<void>;
   /** A look-up could not decide: the row needs a person; `evidence` is what the look-up found. */
   attention(op: StripeOperation, fencingToken: number, evidence: Json): Promise<void>;
+  /** A look-up found nothing while the key could still execute: look again once Stripe forgot the key. */
+  defer(op: StripeOperation, fencingToken: number, reason: string): Promise<void>;
 }
 
 /** A claim row as the claiming RPCs answer it (`claim_stripe_operation`, or a merged RPC that includes it). */
@@ -63,6 +73,7 @@ export interface ClaimRow {
   outcome: "acquired" | "replay" | "in_progress" | "mismatch";
   status: "in_progress" | "completed" | "failed" | "needs_attention";
   mode: ClaimMode;
+  absent_is_proof: boolean;
   stripe_idempotency_key: string;
   fencing_token: number;
   created_at: string;
@@ -83,6 +94,7 @@ export function stripeClaimOf(row: ClaimRow): StripeClaim {
         fencingToken: row.fencing_token,
         mode: row.mode,
         createdAt: row.created_at,
+        absentIsProof: row.absent_is_proof,
       };
     case "replay":
       if (row.status === "needs_attention") return { outcome: "needs_attention" };
@@ -124,8 +136,8 @@ export async function recordOutcome<T>(
 }
 
 /**
- * The store over the generic RPCs (`claim_stripe_operation`, `complete_`, `fail_`, `release_` and
- * `attention_stripe_operation`), through `client` (default: the service client). Operations with a
+ * The store over the generic RPCs (`claim_stripe_operation`, `complete_`, `fail_`, `release_`,
+ * `attention_` and `defer_stripe_operation`), through `client` (default: the service client). Operations with a
  * business row record their outcome with their own RPCs instead (see operations.ts).
  */
 export function stripeOperationStore(client?: SupabaseClient): StripeOperationStore {
@@ -165,6 +177,9 @@ export function stripeOperationStore(client?: SupabaseClient): StripeOperationSt
     },
     async attention(op, fencingToken, evidence) {
       await finish("attention_stripe_operation", op, { p_fencing_token: fencingToken, p_evidence: evidence });
+    },
+    async defer(op, fencingToken, reason) {
+      await finish("defer_stripe_operation", op, { p_fencing_token: fencingToken, p_reason: reason });
     },
   };
 }

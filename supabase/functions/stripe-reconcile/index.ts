@@ -8,6 +8,7 @@
 // Safe to run concurrently with itself: the claims use `for update skip locked`.
 import { requireServiceRole } from "../_shared/auth.ts";
 import {
+  OperationInProgressError,
   OperationNeedsAttentionError,
   StripeOutcomeUnknownError,
   StripeRejectedError,
@@ -23,7 +24,7 @@ type Claimed = ClaimRow & { operation_type: string; operation_id: string };
 Deno.serve(handler("stripe-reconcile", async (req, { requestId }) => {
   await requireServiceRole(req);
   const stale = await rpc<{ claimed: Claimed[] }>("claim_stale_stripe_operations", {});
-  const settled = { completed: 0, failed: 0, unknown: 0, attention: 0, errors: 0 };
+  const settled = { completed: 0, failed: 0, unknown: 0, deferred: 0, attention: 0, errors: 0 };
   const needsAttention: Json[] = [];
   for (const row of stale.claimed) {
     const operation = `${row.operation_type}/${row.operation_id}`;
@@ -40,6 +41,8 @@ Deno.serve(handler("stripe-reconcile", async (req, { requestId }) => {
     } catch (e) {
       if (e instanceof StripeRejectedError) settled.failed++;
       else if (e instanceof StripeOutcomeUnknownError) settled.unknown++;
+      // deferred until Stripe forgets the key, or taken over by a newer holder meanwhile
+      else if (e instanceof OperationInProgressError) settled.deferred++;
       else if (e instanceof OperationNeedsAttentionError) {
         settled.attention++;
         needsAttention.push({ operation_type: row.operation_type, operation_id: row.operation_id });
