@@ -15,6 +15,7 @@ import {
   newOrganiser,
   paidOrder,
   STRANGER,
+  stripeWrites,
   uid,
   wallet,
 } from "./_flows.ts";
@@ -410,7 +411,7 @@ ledgerTest("an old key resent after its records expired never reaches Stripe aga
     refund.body.refund_id,
     payout.body.payout_id,
   ]]);
-  const calls = stack.stripe!.requests.length;
+  const calls = stripeWrites(stack);
   const refundAgain = await call(stack, "refunds", { order_id: order.orderId, amount_cents: 700 }, {
     token: organiser.token,
     key: refundKey,
@@ -427,7 +428,7 @@ ledgerTest("an old key resent after its records expired never reaches Stripe aga
     201,
     payout.body.stripe_transfer_id,
   ]);
-  assert.equal(stack.stripe!.requests.length, calls, "no Stripe call");
+  assert.equal(stripeWrites(stack), calls, "no Stripe call");
   const other = await call(stack, "payouts", { amount_cents: 901 }, {
     token: organiser.token,
     key: payoutKey,
@@ -680,7 +681,7 @@ ledgerTest(
       payout.id,
       refund.id,
     ]]);
-    const calls = stack.stripe!.requests.length;
+    const calls = stripeWrites(stack);
     const again = await call(stack, "payouts", { amount_cents: 1500 }, {
       token: organiser.token,
       key: payoutKey,
@@ -691,7 +692,7 @@ ledgerTest(
       key: refundKey,
     });
     assert.deepEqual([closed.status, closed.body.type], [409, "/problems/operation-closed"]);
-    assert.equal(stack.stripe!.requests.length, calls);
+    assert.equal(stripeWrites(stack), calls);
   },
 );
 
@@ -715,9 +716,9 @@ ledgerTest(
        and operation_id in (select id::text from wallet.payouts where organiser_id = $1)`,
       [organiser.id],
     );
-    const calls = stack.stripe!.requests.length;
+    const calls = stripeWrites(stack);
     const again = await call(stack, "payouts", { amount_cents: 1000 }, { token: organiser.token, key });
     assert.deepEqual([again.status, again.body.type], [409, "/problems/operation-needs-attention"]);
-    assert.equal(stack.stripe!.requests.length, calls);
+    assert.equal(stripeWrites(stack), calls);
   },
 );

@@ -540,12 +540,14 @@ ledgerTest(
        where operation_type = 'checkout:create' and user_id = $1 order by created_at desc limit 1`,
       [BUYER],
     );
-    // the retry comes 10 minutes late: expires_at is now under Stripe's 30-minute minimum
+    // the retry comes 16 minutes late: the session's expires_at (32 minutes after the order) is now under
+    // Stripe's 30-minute minimum, and any request of the first attempt has long finished
     await stack.db.query(
-      `update public.stripe_idempotency_keys set request_params = jsonb_set(request_params, '{expires_at}',
-         to_jsonb(extract(epoch from now())::bigint + 1500)),
+      `update public.stripe_idempotency_keys set created_at = now() - interval '16 minutes',
+         request_params = jsonb_set(request_params, '{expires_at}',
+           to_jsonb(extract(epoch from now() + interval '16 minutes')::bigint)),
          request_fingerprint = encode(sha256(convert_to(jsonb_set(request_params, '{expires_at}',
-           to_jsonb(extract(epoch from now())::bigint + 1500))::text, 'UTF8')), 'hex')
+           to_jsonb(extract(epoch from now() + interval '16 minutes')::bigint))::text, 'UTF8')), 'hex')
        where operation_id = $1`,
       [op.operation_id],
     );
@@ -565,6 +567,29 @@ ledgerTest(
     assert.deepEqual(order, { status: "expired", held: 0 }, "its holds are back on sale");
     const retry = await call(stack, "enhanced-checkout", body, { token, key });
     assert.deepEqual([retry.status, retry.body.type], [409, "/problems/checkout-closed"], retry.text);
+  },
+);
+
+ledgerTest(
+  "an operation adopted from the old plan without parameters goes to a person, not round in circles",
+  async (stack) => {
+    const id = `old-payout-${uid().slice(0, 8)}`;
+    await stack.db.query(
+      `insert into public.stripe_idempotency_keys (operation_type, operation_id, stripe_idempotency_key, status,
+       locked_until, request_params, created_at, updated_at)
+     values ('payout:create', $1, 'payout:create:' || $1 || ':' || gen_random_uuid(), 'in_progress',
+       now() - interval '1 minute', null, now() - interval '30 days', now() - interval '30 days')`,
+      [id],
+    );
+    const report = await reconcile(stack);
+    assert.ok(report.needs_attention.some((r) => r.operation_id === id), JSON.stringify(report));
+    const row = await one<{ status: string; evidence: { reason: string } }>(
+      stack,
+      "select status, evidence from public.stripe_idempotency_keys where operation_id = $1",
+      [id],
+    );
+    assert.equal(row.status, "needs_attention");
+    assert.match(row.evidence.reason, /no stored parameters/);
   },
 );
 

@@ -69,8 +69,8 @@ export interface StripeIdempotencyOptions<R> {
   claim?: StripeClaim;
   /** Finds the operation's object in Stripe when its key cannot settle it (see the module doc). */
   lookup?: (createdAt: string) => Promise<LookupResult<R>>;
-  /** False when the stored parameters are no longer ones Stripe accepts: then they are not sent. */
-  sendable?: () => boolean;
+  /** Why Stripe would refuse the stored parameters now (then they are not sent), or null. */
+  refusal?: () => string | null;
 }
 
 /**
@@ -125,12 +125,30 @@ export async function withStripeIdempotency<R extends { id: string }>(
   let result: R | undefined;
   let lookup = claim.mode === "lookup";
   // Whether "Stripe holds no object" proves that none will ever exist: no request with the key can still
-  // execute (model/protocol.pml, property P5).
+  // execute (model/protocol.pml, property P5); else the look-up is deferred to `lookAgain`.
   let absentIsProof = claim.absentIsProof;
-  if (!lookup && options.sendable && !options.sendable()) {
-    // Stripe refuses these parameters now, and so any late request with them: nothing more can be made.
-    log("info", "stored parameters can no longer be sent; settling by look-up", { operation: name });
-    lookup = absentIsProof = true;
+  let lookAgain: { until?: Date; burned?: boolean } = {};
+  const refusal = lookup ? null : options.refusal?.() ?? null;
+  if (refusal !== null && claim.attempts === 1) {
+    // Never sent, and Stripe would refuse it: the parameters built for it are wrong.
+    log("error", "the operation's parameters are not ones Stripe accepts", { operation: name, refusal });
+    const failure = {
+      status: 400,
+      type: "invalid_request_error",
+      code: "parameters_refused",
+      message: refusal,
+    };
+    await store.fail(op, token, failure);
+    throw new StripeRejectedError(failure);
+  }
+  if (refusal !== null) {
+    // Sent before, but Stripe would refuse them now (a Checkout Session's expires_at too close): look the
+    // object up; a request from before may still be executing, so nothing found proves nothing for a while.
+    log("info", "stored parameters can no longer be sent; settling by look-up", { operation: name, refusal });
+    const graceEnd = new Date(Date.parse(claim.createdAt) + SENT_REQUEST_GRACE_MS);
+    lookup = true;
+    absentIsProof ||= Date.now() >= graceEnd.getTime();
+    lookAgain = { until: graceEnd };
   }
   if (!lookup) {
     try {
@@ -147,13 +165,15 @@ export async function withStripeIdempotency<R extends { id: string }>(
       if (!savedServerError(e) || !options.lookup) {
         await unknown(e, "Stripe outcome unknown; released for a retry with the same key");
       }
-      // Stripe saved a 5xx for this key once execution began and replays it: the key cannot settle it,
-      // and no request with it can execute again while Stripe keeps it.
+      // Stripe saved a 5xx for this key once execution began and replays it: the key cannot settle it and
+      // cannot execute again, but a 5xx does not prove that nothing was made: nothing found counts as proof
+      // only after a grace period (key_burned_at).
       log("warn", "Stripe replays a saved 5xx for this key; settling by look-up", {
         operation: name,
         error: e,
       });
-      lookup = absentIsProof = true;
+      lookup = true;
+      lookAgain = { until: new Date(Date.now() + SENT_REQUEST_GRACE_MS), burned: true };
     }
   }
   if (lookup) {
@@ -176,8 +196,9 @@ export async function withStripeIdempotency<R extends { id: string }>(
       throw new OperationNeedsAttentionError(`Operation '${name}'`);
     }
     if ("absent" in found && !absentIsProof) {
-      await store.defer(op, token, `look-up found ${found.absent}; the key could still execute`);
-      throw new OperationInProgressError(`Operation '${name}'`, KEY_FORGOTTEN_SECONDS);
+      await store.defer(op, token, `look-up found ${found.absent}; that is no proof yet`, lookAgain);
+      const wait = lookAgain.until ? secondsUntil(lookAgain.until.toISOString()) : KEY_FORGOTTEN_SECONDS;
+      throw new OperationInProgressError(`Operation '${name}'`, Math.min(wait, KEY_FORGOTTEN_SECONDS));
     }
     if ("absent" in found) {
       const failure: StripeFailure = {
@@ -228,6 +249,12 @@ function savedServerError(error: unknown): boolean {
 
 /** How long after a deferred look-up to try again, at most (Stripe keeps keys 24 hours). */
 const KEY_FORGOTTEN_SECONDS = 3600;
+
+/**
+ * How long a request Stripe was sent may still be executing or becoming visible in Stripe's lists: nothing
+ * found within this time of it is no proof (a 5xx does not prove that nothing was made).
+ */
+const SENT_REQUEST_GRACE_MS = 15 * 60_000;
 
 function secondsUntil(iso: string): number {
   return Math.max(1, Math.ceil((Date.parse(iso) - Date.now()) / 1000));

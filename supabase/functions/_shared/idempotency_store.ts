@@ -38,8 +38,10 @@ export type StripeClaim =
     stripeKey: string;
     fencingToken: number;
     mode: ClaimMode;
+    /** 1 for the operation's first claim: nothing was ever sent with its key. */
+    attempts: number;
     createdAt: string;
-    /** Stripe has forgotten the key: no request with it can still create the object. */
+    /** No request with the key can still create the object (forgotten by Stripe, or burned by a saved 5xx). */
     absentIsProof: boolean;
   }
   | { outcome: "replay"; status: "completed"; resourceId: string; response: Json }
@@ -64,8 +66,16 @@ export interface StripeOperationStore {
   release(op: StripeOperation, fencingToken: number, reason: string): Promise<void>;
   /** A look-up could not decide: the row needs a person; `evidence` is what the look-up found. */
   attention(op: StripeOperation, fencingToken: number, evidence: Json): Promise<void>;
-  /** A look-up found nothing while the key could still execute: look again once Stripe forgot the key. */
-  defer(op: StripeOperation, fencingToken: number, reason: string): Promise<void>;
+  /**
+   * A look-up found nothing while that proves nothing yet: look again at `until` (default: once Stripe has
+   * forgotten the key); `burned`: Stripe saved a 5xx for the key.
+   */
+  defer(
+    op: StripeOperation,
+    fencingToken: number,
+    reason: string,
+    options?: { until?: Date; burned?: boolean },
+  ): Promise<void>;
 }
 
 /** A claim row as the claiming RPCs answer it (`claim_stripe_operation`, or a merged RPC that includes it). */
@@ -76,6 +86,7 @@ export interface ClaimRow {
   absent_is_proof: boolean;
   stripe_idempotency_key: string;
   fencing_token: number;
+  attempts: number;
   created_at: string;
   locked_until: string | null;
   request_params: Json;
@@ -93,6 +104,7 @@ export function stripeClaimOf(row: ClaimRow): StripeClaim {
         stripeKey: row.stripe_idempotency_key,
         fencingToken: row.fencing_token,
         mode: row.mode,
+        attempts: row.attempts,
         createdAt: row.created_at,
         absentIsProof: row.absent_is_proof,
       };
@@ -178,8 +190,13 @@ export function stripeOperationStore(client?: SupabaseClient): StripeOperationSt
     async attention(op, fencingToken, evidence) {
       await finish("attention_stripe_operation", op, { p_fencing_token: fencingToken, p_evidence: evidence });
     },
-    async defer(op, fencingToken, reason) {
-      await finish("defer_stripe_operation", op, { p_fencing_token: fencingToken, p_reason: reason });
+    async defer(op, fencingToken, reason, options = {}) {
+      await finish("defer_stripe_operation", op, {
+        p_fencing_token: fencingToken,
+        p_reason: reason,
+        p_until: options.until?.toISOString() ?? null,
+        p_burned: options.burned ?? false,
+      });
     },
   };
 }

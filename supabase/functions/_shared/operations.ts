@@ -67,6 +67,8 @@ async function collect<T>(list: AsyncIterable<T>, keep: (item: T) => boolean): P
   return out;
 }
 
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
 /** Seconds of clock difference allowed between our database and Stripe when searching by creation time. */
 const CLOCK_SKEW_SECONDS = 300;
 
@@ -196,6 +198,9 @@ export function runOperation(
     params: params as { [key: string]: Json },
     userId: options.userId,
   };
+  // Rows adopted from the old plan may have no stored parameters, or an id that is not a business row's:
+  // nothing can be sent or looked up for them, so they go to a person at once.
+  const unusable = params === null || !UUID.test(id);
   const record = (fn: string, args: Record<string, unknown>) =>
     recordOutcome(op, () => rpc<Json>(fn, { [declaration.idArg]: id, ...args }));
   const store: StripeOperationStore = {
@@ -212,12 +217,21 @@ export function runOperation(
     claim: stripeClaimOf(options.claim),
     pick: declaration.pick,
     leaseSeconds: options.leaseSeconds ?? IDEMPOTENCY_DEFAULTS.stripeLeaseSeconds,
-    sendable: () => declaration.schema(Math.floor(Date.now() / 1000)).safeParse(params).success,
+    refusal: () => {
+      const parsed = declaration.schema(Math.floor(Date.now() / 1000)).safeParse(params);
+      return parsed.success
+        ? null
+        : parsed.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`).join("; ");
+    },
     lookup: (createdAt) =>
-      declaration.lookup(stripeClient(), {
-        operationId: id,
-        params,
-        createdAt: Math.floor(Date.parse(createdAt) / 1000),
-      }),
+      unusable
+        ? Promise.resolve({
+          undecided: { reason: "no stored parameters or no business row id to look up by" },
+        })
+        : declaration.lookup(stripeClient(), {
+          operationId: id,
+          params,
+          createdAt: Math.floor(Date.parse(createdAt) / 1000),
+        }),
   });
 }

@@ -159,7 +159,7 @@ export function checkoutSessionSchema(now: number) {
       price_data: z.strictObject({
         currency,
         unit_amount: z.int().min(0).max(MAX_AMOUNT),
-        product_data: z.strictObject({ name: z.string().min(1).max(250) }),
+        product_data: z.strictObject({ name: z.string().min(1) }),
       }),
     })).min(1).max(MAX_LINE_ITEMS),
     metadata,

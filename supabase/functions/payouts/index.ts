@@ -9,6 +9,8 @@ import type { ClaimRow } from "../_shared/idempotency_store.ts";
 import { withIdempotencyKey } from "../_shared/idempotency_http.ts";
 import { runOperation } from "../_shared/operations.ts";
 import { CURRENCIES, type Currency, MAX_AMOUNT } from "../_shared/stripe_contract.ts";
+import { StripeOutcomeUnknownError } from "../_shared/errors.ts";
+import { stripeClient } from "../_shared/stripe.ts";
 import { rpc } from "../_shared/supabase.ts";
 import { parseBody, z } from "../_shared/validate.ts";
 
@@ -29,6 +31,7 @@ Deno.serve(handler("payouts", async (req) => {
   const body = parseBody(PayoutBody, await readJson(req));
   const scope = `user:${user.id}`;
   return withIdempotencyKey(req, { scope, endpoint: "payouts", payload: body }, async (key) => {
+    const currency = body.currency ?? "usd";
     const payoutId = crypto.randomUUID(); // used only if this request creates the payout
     const { payout, stripe } = await rpc<{ payout: Payout; stripe: ClaimRow }>("create_payout", {
       p_scope: scope,
@@ -37,7 +40,8 @@ Deno.serve(handler("payouts", async (req) => {
       p_stripe_idempotency_key: generateIdempotencyKey("payout:create", payoutId),
       p_organiser_id: user.id,
       p_amount_cents: body.amount_cents,
-      p_currency: body.currency ?? "usd",
+      p_currency: currency,
+      p_platform_available: await platformAvailable(currency),
     });
     const { resourceId, recorded } = await runOperation(
       "payout:create",
@@ -56,3 +60,16 @@ Deno.serve(handler("payouts", async (req) => {
     });
   });
 }));
+
+/**
+ * The platform's available balance at Stripe in `currency` (docs.stripe.com/api/balance): every organiser's
+ * payout, every refund and Stripe's fees draw on it, so create_payout checks a payout against it too.
+ */
+async function platformAvailable(currency: string): Promise<number> {
+  try {
+    const balance = await stripeClient().balance.retrieve();
+    return balance.available.find((b) => b.currency === currency)?.amount ?? 0;
+  } catch (e) {
+    throw new StripeOutcomeUnknownError({ cause: e });
+  }
+}

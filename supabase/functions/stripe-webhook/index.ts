@@ -69,8 +69,11 @@ Deno.serve(handler("stripe-webhook", async (req, { requestId }) => {
 }));
 
 /**
- * The charge of a paid Checkout Session, with its balance transaction: when the sale's funds become
- * available at Stripe (`available_on`), which payouts wait for (docs/adr/0007). Null for other events.
+ * The charge of one of our paid Checkout Sessions, with its balance transaction when Stripe has made it:
+ * when the sale's funds become available at Stripe (`available_on`), which payouts wait for (docs/adr/0007).
+ * With asynchronous capture the balance transaction may not exist yet
+ * (docs.stripe.com/payments/payment-intents/asynchronous-capture): the sale's funds then count as pending
+ * until `charge.updated` (or the reconciler's audit) tells. Null for other events and others' sessions.
  * Throws when Stripe cannot be reached: the delivery then fails and Stripe sends it again.
  */
 async function chargeOfPaidSession(event: Stripe.Event): Promise<Stripe.Charge | null> {
@@ -81,12 +84,13 @@ async function chargeOfPaidSession(event: Stripe.Event): Promise<Stripe.Charge |
   }
   const session = event.data.object;
   if (session.payment_status !== "paid" || typeof session.payment_intent !== "string") return null;
+  if (!session.metadata?.order_id) return null; // not one of ours: nothing to ask Stripe
   const intent = await stripeClient().paymentIntents.retrieve(session.payment_intent, {
     expand: ["latest_charge.balance_transaction"],
   });
   const charge = intent.latest_charge;
-  if (typeof charge !== "object" || typeof charge?.balance_transaction !== "object") {
-    throw new Error(`PaymentIntent ${intent.id} came back without its charge's balance transaction`);
+  if (typeof charge !== "object" || charge === null) {
+    throw new Error(`PaymentIntent ${intent.id} of a paid session has no charge`);
   }
   return charge;
 }
