@@ -161,7 +161,7 @@ export async function assertLedger(stack: Stack): Promise<void> {
   const overDebited = await stack.db.query(`
     select o.id from events.orders o
     where (select coalesce(sum(-t.amount_cents), 0) from wallet.wallet_transactions t
-           where t.order_id = o.id and t.type in ('refund', 'adjustment')) > o.subtotal_cents
+           where t.order_id = o.id and t.type in ('refund', 'adjustment', 'dispute', 'dispute_reversal')) > o.subtotal_cents
        or o.refunded_cents > o.total_cents`);
   assert.deepEqual(
     [...overDebited],

@@ -44,6 +44,8 @@ const EXPECTED_EXECUTE: Record<string, string[]> = {
   ],
   "public.cleanup_expired_idempotency_keys()": ["service_role"],
   "public.handle_stripe_event(jsonb,jsonb)": ["service_role"],
+  "public.claim_parked_events(integer,integer)": ["service_role"],
+  "public.settle_parked_event(text,boolean)": ["service_role"],
   "public.resolve_stripe_operation(text,text,jsonb,jsonb)": ["service_role"],
   "public.claim_stale_stripe_operations(integer,integer)": ["service_role"],
   "public.reconcile_housekeeping(integer)": ["service_role"],

@@ -49,7 +49,7 @@ Deno.serve(handler("stripe-webhook", async (req, { requestId }) => {
 
   const result = await rpc<{ status: string; error?: string }>("handle_stripe_event", {
     p_event: event,
-    p_charge: await chargeOfPaidSession(event),
+    p_charge: await chargeOf(event),
   });
   if (result.status === "failed") {
     log("error", "webhook event failed; Stripe will deliver it again", {
@@ -69,14 +69,19 @@ Deno.serve(handler("stripe-webhook", async (req, { requestId }) => {
 }));
 
 /**
- * The charge of one of our paid Checkout Sessions, with its balance transaction when Stripe has made it:
- * when the sale's funds become available at Stripe (`available_on`), which payouts wait for (docs/adr/0007).
- * With asynchronous capture the balance transaction may not exist yet
- * (docs.stripe.com/payments/payment-intents/asynchronous-capture): the sale's funds then count as pending
- * until `charge.updated` (or the reconciler's audit) tells. Null for other events and others' sessions.
- * Throws when Stripe cannot be reached: the delivery then fails and Stripe sends it again.
+ * The charge an event needs, with its balance transaction when Stripe has made it: when the sale's funds
+ * become available at Stripe (`available_on`), which payouts wait for (docs/adr/0007). For one of our paid
+ * Checkout Sessions, its payment's charge; for `charge.updated`, the charge itself (with asynchronous capture
+ * the balance transaction may come after the payment: docs.stripe.com/payments/payment-intents/asynchronous-capture;
+ * the sale's funds count as pending until then). Null for other events and others' sessions. Throws when
+ * Stripe cannot be reached: the delivery then fails and Stripe sends it again.
  */
-async function chargeOfPaidSession(event: Stripe.Event): Promise<Stripe.Charge | null> {
+async function chargeOf(event: Stripe.Event): Promise<Stripe.Charge | null> {
+  if (event.type === "charge.updated") {
+    const charge = event.data.object;
+    if (!charge.balance_transaction || typeof charge.balance_transaction !== "string") return null;
+    return await stripeClient().charges.retrieve(charge.id, { expand: ["balance_transaction"] });
+  }
   if (
     event.type !== "checkout.session.completed" && event.type !== "checkout.session.async_payment_succeeded"
   ) {
