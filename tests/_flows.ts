@@ -4,7 +4,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { createClient, type SupabaseClient } from "npm:@supabase/supabase-js@2.119.1";
+import { createClient, type SupabaseClient } from "npm:@supabase/supabase-js@2.109.0";
 import { testHooks } from "../supabase/functions/_shared/idempotency.ts";
 import type { Stack } from "../tools/local/stack.ts";
 import { sharedStack, stackTest } from "./_helpers.ts";

@@ -2,7 +2,7 @@
 // serves functions, RPCs and the Stripe emulator with no PostgreSQL server (embedded PGlite).
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { createClient } from "npm:@supabase/supabase-js@2.119.1";
+import { createClient } from "npm:@supabase/supabase-js@2.109.0";
 import { Stripe } from "../supabase/functions/_shared/stripe.ts";
 import { createFunctionsHost } from "../tools/local/functions_host.ts";
 import { apiKeys, DEFAULT_JWT_SECRET, signJwt } from "../tools/local/jwt.ts";

@@ -1,7 +1,7 @@
 // The local REST gateway keeps PostgREST's RPC contract: argument binding, result shapes, error
 // bodies and statuses, and grants/RLS enforced by PostgreSQL under the JWT's role.
 import assert from "node:assert/strict";
-import { createClient } from "npm:@supabase/supabase-js@2.119.1";
+import { createClient } from "npm:@supabase/supabase-js@2.109.0";
 import { sharedStack, stackTest } from "./_helpers.ts";
 
 const FIXTURE_SQL = `

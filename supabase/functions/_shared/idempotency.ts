@@ -18,7 +18,7 @@ import {
   StripeOutcomeUnknownError,
   StripeRejectedError,
 } from "./errors.ts";
-import type { SupabaseClient } from "npm:@supabase/supabase-js@2.119.1";
+import type { SupabaseClient } from "npm:@supabase/supabase-js@2.109.0";
 import { log } from "./log.ts";
 import { Stripe } from "./stripe.ts";
 import { rpc, RpcError } from "./supabase.ts";

@@ -5,7 +5,7 @@
  * throws that `HttpError`, anything else the database refused throws `RpcError`.
  * @module
  */
-import { createClient, type SupabaseClient } from "npm:@supabase/supabase-js@2.119.1";
+import { createClient, type SupabaseClient } from "npm:@supabase/supabase-js@2.109.0";
 import { problemFromDatabase, StoreUnavailableError } from "./errors.ts";
 
 /** An error PostgreSQL (through PostgREST) answered with. */
