@@ -1,11 +1,12 @@
-// POST /functions/v1/stripe-reconcile: the scheduled reconciler, for the service role only.
+// POST /functions/v1/stripe-reconcile: the scheduled reconciler, for holders of a secret key only
+// (verify_jwt = false; `apikey: sb_secret_...`, or the legacy service_role key).
 // - re-drives Stripe operations whose lease ran out, with their stored key and parameters (Stripe
 //   deduplicates what already happened); older than ~23 hours, or without stored parameters, they are
 //   not re-sent but marked needs_attention and reported;
 // - expires unpaid orders whose holds ran out, and purges expired idempotency rows, old processed
 //   webhook events and old rate-limit windows, each in one bounded batch.
 // Safe to run concurrently with itself: the claims use `for update skip locked`.
-import { requireServiceRole } from "../_shared/auth.ts";
+import { requireSecretKey } from "../_shared/auth.ts";
 import { StripeOutcomeUnknownError, StripeRejectedError } from "../_shared/errors.ts";
 import { handler, json } from "../_shared/http.ts";
 import type { Json } from "../_shared/idempotency.ts";
@@ -22,7 +23,7 @@ interface Claimed {
 }
 
 Deno.serve(handler("stripe-reconcile", async (req, { requestId }) => {
-  await requireServiceRole(req);
+  await requireSecretKey(req);
   const stale = await rpc<{ claimed: Claimed[]; needs_attention: Json[] }>(
     "claim_stale_stripe_operations",
     {},
