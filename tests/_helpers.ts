@@ -4,6 +4,7 @@
  * @module
  */
 import postgres from "npm:postgres@3.4.9";
+import { generateSigningKey } from "../tools/local/jwt.ts";
 import { type Stack, startStack } from "../tools/local/stack.ts";
 
 const adminUrl = Deno.env.get("TEST_ADMIN_URL");
@@ -32,12 +33,24 @@ export async function createDatabase(label: string): Promise<string> {
 
 let shared: Promise<Stack> | undefined;
 
-/** The stack of this test file (each file runs in its own worker): a database of its own with the
- * migrations applied by the Supabase CLI, the gateway, the functions and the emulator. */
+/**
+ * The stack of this test file (each file runs in its own worker): a database of its own with the
+ * migrations applied by the Supabase CLI, the gateway, the functions and the emulator. The functions run
+ * in this process (tests reach into their modules, e.g. `testHooks`), and act as if behind Cloudflare
+ * (`CF-Connecting-IP`), so that tests can be many clients.
+ */
 export function sharedStack(): Promise<Stack> {
-  shared ??= createDatabase("stack").then((databaseUrl) => {
+  shared ??= createDatabase("stack").then(async (databaseUrl) => {
     forgetPreviousStack();
-    return startStack({ databaseUrl, port: 0, emulatorPort: 0, poolSize: 20, trustClientIpHeader: true });
+    return startStack({
+      databaseUrl,
+      port: 0,
+      emulatorPort: 0,
+      poolSize: 20,
+      signingKey: await generateSigningKey(),
+      functionsIsolation: "in-process",
+      clientIpHeader: "cf-connecting-ip",
+    });
   });
   return shared;
 }
@@ -52,6 +65,10 @@ function forgetPreviousStack(): void {
 
 const STACK_ENV = [
   "SUPABASE_URL",
+  "SUPABASE_PUBLISHABLE_KEYS",
+  "SUPABASE_SECRET_KEYS",
+  "SUPABASE_JWKS",
+  "CLIENT_IP_HEADER",
   "SUPABASE_ANON_KEY",
   "SUPABASE_SERVICE_ROLE_KEY",
   "JWT_SECRET",

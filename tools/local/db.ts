@@ -17,14 +17,27 @@ export interface Queryable {
   query<T = Row>(text: string, params?: unknown[]): Promise<T[]>;
 }
 
-/** A database: statements, transactions, scripts. */
+/** A database: statements and scripts; at most its pool's worth of scripts run at once. */
 export interface Database extends Queryable {
   readonly kind: "postgres" | "pglite";
-  /** Runs `fn` in one transaction: committed when it resolves, rolled back when it throws. */
-  transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T>;
-  /** Runs a script of several statements (no parameters). */
+  /**
+   * Runs a script of several statements as one transaction in one round trip (the simple query
+   * protocol's implicit transaction: all of it or none of it) and resolves to the last statement's
+   * rows. Waits for a free connection at most `acquireTimeoutMs` (default: as long as it takes), then
+   * throws `PoolTimeoutError` without having sent anything.
+   */
+  script<T = Row>(text: string, options?: { acquireTimeoutMs?: number }): Promise<T[]>;
+  /** Runs a script of several statements (no parameters, no result). */
   exec(script: string): Promise<void>;
   close(): Promise<void>;
+}
+
+/** No connection became free in time: the script was not sent. */
+export class PoolTimeoutError extends Error {
+  constructor(ms: number) {
+    super(`No database connection became free within ${ms} ms`);
+    this.name = "PoolTimeoutError";
+  }
 }
 
 /** The fields of a PostgreSQL error that PostgREST reports. */
@@ -41,18 +54,28 @@ export function isPgError(error: unknown): error is PgError {
   return typeof code === "string" && /^[0-9A-Z]{5}$/.test(code) && !code.startsWith("E");
 }
 
-/** Connects to a PostgreSQL server with a pool of `max` connections. */
+/**
+ * Connects to a PostgreSQL server with a pool of `max` connections. A connection that dies (a server
+ * restart, `pg_terminate_backend`) fails the statement it ran and is replaced for the next one; the
+ * process survives it (`survivePostgresJsConnectionLoss`).
+ */
 export function connectPostgres(url: string, max = 10): Database {
+  survivePostgresJsConnectionLoss();
   const sql = postgres(url, { max, onnotice: () => {}, connection: { application_name: "local-stack" } });
-  const queryable = (q: typeof sql): Queryable => ({
-    query: <T>(text: string, params: unknown[] = []) =>
-      q.unsafe(text, params as never[]) as unknown as Promise<T[]>,
-  });
+  const slots = semaphore(max);
   return {
     kind: "postgres",
-    ...queryable(sql),
-    transaction: <T>(fn: (tx: Queryable) => Promise<T>) =>
-      sql.begin((tx) => fn(queryable(tx as unknown as typeof sql))) as Promise<T>,
+    query: <T>(text: string, params: unknown[] = []) =>
+      sql.unsafe(text, params as never[]) as unknown as Promise<T[]>,
+    script: async <T>(text: string, options: { acquireTimeoutMs?: number } = {}) => {
+      const release = await slots.acquire(options.acquireTimeoutMs);
+      try {
+        const results = await sql.unsafe(text).simple() as unknown as unknown[];
+        return (Array.isArray(results[0]) ? results.at(-1) : results) as T[];
+      } finally {
+        release();
+      }
+    },
     exec: async (script) => {
       await sql.unsafe(script).simple();
     },
@@ -63,13 +86,18 @@ export function connectPostgres(url: string, max = 10): Database {
 /** Starts an in-memory PGlite (PostgreSQL compiled to WebAssembly; one connection). */
 export async function openPglite(): Promise<Database> {
   const db = await PGlite.create();
+  const slots = semaphore(1);
   return {
     kind: "pglite",
     query: async <T>(text: string, params?: unknown[]) => (await db.query<T>(text, params)).rows,
-    transaction: <T>(fn: (tx: Queryable) => Promise<T>) =>
-      db.transaction((tx) =>
-        fn({ query: async <R>(text: string, params?: unknown[]) => (await tx.query<R>(text, params)).rows })
-      ),
+    script: async <T>(text: string, options: { acquireTimeoutMs?: number } = {}) => {
+      const release = await slots.acquire(options.acquireTimeoutMs);
+      try {
+        return ((await db.exec(text)).at(-1)?.rows ?? []) as T[];
+      } finally {
+        release();
+      }
+    },
     exec: async (script) => {
       await db.exec(script);
     },
@@ -77,21 +105,92 @@ export async function openPglite(): Promise<Database> {
   };
 }
 
+/** At most `size` holders at once; `acquire` waits its turn, at most `timeoutMs`. */
+function semaphore(size: number): { acquire(timeoutMs?: number): Promise<() => void> } {
+  let free = size;
+  const waiting: (() => void)[] = [];
+  const release = () => {
+    const next = waiting.shift();
+    if (next) next();
+    else free++;
+  };
+  return {
+    acquire(timeoutMs) {
+      if (free > 0) {
+        free--;
+        return Promise.resolve(release);
+      }
+      return new Promise((resolve, reject) => {
+        const grant = () => {
+          clearTimeout(timer);
+          resolve(release);
+        };
+        const timer = timeoutMs === undefined ? undefined : setTimeout(() => {
+          waiting.splice(waiting.indexOf(grant), 1);
+          reject(new PoolTimeoutError(timeoutMs));
+        }, timeoutMs);
+        waiting.push(grant);
+      });
+    },
+  };
+}
+
+let guarded = false;
+
+/**
+ * postgres.js under Deno can let the death of a connection escape as an unhandled rejection (the
+ * server's `57P01 terminating connection due to administrator command`) or as an uncaught `TypeError`
+ * from its write scheduler, either of which ends the process. The statement that ran on the
+ * connection is failed through its own promise, and the pool opens a new connection for the next one;
+ * so these escapes, and only errors raised inside `postgres/src/connection.js`, are logged and absorbed.
+ */
+function survivePostgresJsConnectionLoss(): void {
+  if (guarded) return;
+  guarded = true;
+  const absorb = (event: Event, e: unknown) => {
+    const error = e as { name?: string; code?: string; stack?: string } | null;
+    if (!/node_modules\/postgres\/src\/connection\.js/.test(error?.stack ?? "")) return;
+    const connectionLost = /^(08|57P0)/.test(error?.code ?? "") ||
+      /^(CONNECTION_|CONNECT_TIMEOUT|ECONNRESET|EPIPE|ECONNREFUSED)/.test(error?.code ?? "");
+    if (!connectionLost && error?.name !== "TypeError") return;
+    event.preventDefault();
+    console.error(JSON.stringify({
+      level: "warn",
+      msg: "database connection lost; the pool opens a new one",
+      error: { name: error?.name, code: error?.code },
+    }));
+  };
+  globalThis.addEventListener("unhandledrejection", (e) => absorb(e, e.reason));
+  globalThis.addEventListener("error", (e) => absorb(e, e.error));
+}
+
 /** The project's root folder (two levels above this file). */
 export const PROJECT_DIR = fileURLToPath(new URL("../../", import.meta.url));
 
+/** How `prepareDatabase` prepares a database. */
+export interface PrepareOptions {
+  /** The database's URL: the migrations are then applied by the Supabase CLI; without it, file by file. */
+  databaseUrl?: string;
+  /** The URL the CLI connects with to apply the migrations (e.g. as a non-superuser owner); default `databaseUrl`. */
+  migrateAs?: string;
+  /** Also create the default privileges projects had before the Data API change (`supabase_old_defaults.sql`). */
+  oldDefaults?: boolean;
+  supabaseDir?: string;
+}
+
 /**
- * Makes `db` ready to serve: creates the Supabase base where missing, applies the migrations
- * (with the Supabase CLI when `databaseUrl` is given, otherwise file by file, recorded in the
- * CLI's own `supabase_migrations.schema_migrations`), then runs `supabase/seed.sql`.
+ * Makes `db` ready to serve: creates the Supabase base where missing (as on a project since the Data API
+ * change, without default privileges for the API roles, unless `oldDefaults`), applies the migrations
+ * (with the Supabase CLI when `databaseUrl` is given, otherwise file by file, recorded in the CLI's own
+ * `supabase_migrations.schema_migrations`), then runs `supabase/seed.sql`.
  */
-export async function prepareDatabase(
-  db: Database,
-  options: { databaseUrl?: string; supabaseDir?: string } = {},
-): Promise<void> {
+export async function prepareDatabase(db: Database, options: PrepareOptions = {}): Promise<void> {
   const supabaseDir = options.supabaseDir ?? join(PROJECT_DIR, "supabase");
   await db.exec(await Deno.readTextFile(new URL("./supabase_base.sql", import.meta.url)));
-  if (options.databaseUrl) await migrateWithCli(options.databaseUrl, supabaseDir);
+  if (options.oldDefaults) {
+    await db.exec(await Deno.readTextFile(new URL("./supabase_old_defaults.sql", import.meta.url)));
+  }
+  if (options.databaseUrl) await migrateWithCli(options.migrateAs ?? options.databaseUrl, supabaseDir);
   else await migrateFileByFile(db, supabaseDir);
   await db.exec(await Deno.readTextFile(join(supabaseDir, "seed.sql")));
 }
