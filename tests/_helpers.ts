@@ -56,10 +56,11 @@ export function sharedStack(): Promise<Stack> {
 }
 
 /**
- * Test files run one after another in workers of one process, and a stack exports its settings to the
- * process environment for its functions: clear what an earlier file's stack set, as a new process would.
+ * Test files run one after another in workers of one process, and a stack whose functions run in-process
+ * exports its settings to the process environment: clear what an earlier file's stack set, as a new
+ * process would, before starting another stack.
  */
-function forgetPreviousStack(): void {
+export function forgetPreviousStack(): void {
   for (const name of STACK_ENV) Deno.env.delete(name);
 }
 
@@ -75,6 +76,7 @@ const STACK_ENV = [
   "STRIPE_SECRET_KEY",
   "STRIPE_WEBHOOK_SECRET",
   "STRIPE_API_BASE",
+  "SITE_URL",
 ];
 
 /** `Deno.test` for tests that use the shared stack: its pooled connections outlive each test. */

@@ -6,6 +6,7 @@
  */
 import postgres from "npm:postgres@3.4.9";
 import { PGlite } from "npm:@electric-sql/pglite@0.5.16";
+import net from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -40,6 +41,14 @@ export class PoolTimeoutError extends Error {
   }
 }
 
+/** The server could not be reached in time: the statement was withdrawn, it will never run. */
+export class DatabaseUnreachableError extends Error {
+  constructor(ms: number) {
+    super(`No connection to the database within ${ms} ms`);
+    this.name = "DatabaseUnreachableError";
+  }
+}
+
 /** The fields of a PostgreSQL error that PostgREST reports. */
 export interface PgError {
   code: string;
@@ -59,18 +68,25 @@ export function isPgError(error: unknown): error is PgError {
  * restart, `pg_terminate_backend`) fails the statement it ran and is replaced for the next one; the
  * process survives it (`survivePostgresJsConnectionLoss`).
  */
-export function connectPostgres(url: string, max = 10): Database {
+export function connectPostgres(url: string, max = 10, connectTimeoutMs = 5_000): Database {
   survivePostgresJsConnectionLoss();
-  const sql = postgres(url, { max, onnotice: () => {}, connection: { application_name: "local-stack" } });
+  // `socket` (a factory of connected sockets) is postgres.js's, though its types omit it
+  const options = {
+    max,
+    onnotice: () => {},
+    connection: { application_name: "local-stack" },
+    socket: driverSocket,
+  };
+  const sql = postgres(url, options);
   const slots = semaphore(max);
   return {
     kind: "postgres",
     query: <T>(text: string, params: unknown[] = []) =>
-      sql.unsafe(text, params as never[]) as unknown as Promise<T[]>,
+      reachable(sql.unsafe(text, params as never[]), connectTimeoutMs) as Promise<T[]>,
     script: async <T>(text: string, options: { acquireTimeoutMs?: number } = {}) => {
       const release = await slots.acquire(options.acquireTimeoutMs);
       try {
-        const results = await sql.unsafe(text).simple() as unknown as unknown[];
+        const results = await reachable(sql.unsafe(text).simple(), connectTimeoutMs) as unknown[];
         return (Array.isArray(results[0]) ? results.at(-1) : results) as T[];
       } finally {
         release();
@@ -81,6 +97,28 @@ export function connectPostgres(url: string, max = 10): Database {
     },
     close: () => sql.end({ timeout: 5 }),
   };
+}
+
+/**
+ * `query`'s result, unless no connection took it within `ms` (the server is down or restarting; the
+ * semaphore keeps it from waiting for a busy one): then it is withdrawn from postgres.js's queue, so it
+ * can never run later, after its caller was told it failed, and `DatabaseUnreachableError` is thrown.
+ * postgres.js hands a query to a connection by giving it a `state`; until then `cancel()` removes it.
+ */
+async function reachable(query: Promise<unknown> & { cancel(): unknown }, ms: number): Promise<unknown> {
+  let withdrawn = false;
+  const timer = setTimeout(() => {
+    if ((query as unknown as { state?: unknown }).state) return;
+    withdrawn = true;
+    query.cancel();
+  }, ms);
+  try {
+    return await query;
+  } catch (e) {
+    throw withdrawn ? new DatabaseUnreachableError(ms) : e;
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Starts an in-memory PGlite (PostgreSQL compiled to WebAssembly; one connection). */
@@ -135,21 +173,40 @@ function semaphore(size: number): { acquire(timeoutMs?: number): Promise<() => v
   };
 }
 
+/** Errors of the driver's sockets (a reset, a refused connection), recognised by identity. */
+const socketErrors = new WeakSet<object>();
+
+/** The driver's connection: a plain TCP socket whose errors are marked as the driver's. */
+function driverSocket(options: { host: string[]; port: number[] }): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(options.port[0], options.host[0]);
+    socket.on("error", (e) => socketErrors.add(e));
+    socket.once("connect", () => {
+      socket.off("error", reject);
+      resolve(socket);
+    });
+    socket.once("error", reject);
+  });
+}
+
 let guarded = false;
 
 /**
  * postgres.js under Deno can let the death of a connection escape as an unhandled rejection (the
- * server's `57P01 terminating connection due to administrator command`) or as an uncaught `TypeError`
- * from its write scheduler, either of which ends the process. The statement that ran on the
- * connection is failed through its own promise, and the pool opens a new connection for the next one;
- * so these escapes, and only errors raised inside `postgres/src/connection.js`, are logged and absorbed.
+ * server's `57P01 terminating connection due to administrator command`, or its socket's `ECONNRESET`)
+ * or as an uncaught `TypeError` from its write scheduler, any of which ends the process. The statement
+ * that ran on the connection is failed through its own promise, and the pool opens a new connection for
+ * the next one; so these escapes, and only errors raised inside `postgres/src/connection.js` or by the
+ * driver's own sockets, are logged and absorbed.
  */
 function survivePostgresJsConnectionLoss(): void {
   if (guarded) return;
   guarded = true;
   const absorb = (event: Event, e: unknown) => {
     const error = e as { name?: string; code?: string; stack?: string } | null;
-    if (!/node_modules\/postgres\/src\/connection\.js/.test(error?.stack ?? "")) return;
+    const fromDriver = /node_modules\/postgres\/src\/connection\.js/.test(error?.stack ?? "") ||
+      (typeof e === "object" && e !== null && socketErrors.has(e));
+    if (!fromDriver) return;
     const connectionLost = /^(08|57P0)/.test(error?.code ?? "") ||
       /^(CONNECTION_|CONNECT_TIMEOUT|ECONNRESET|EPIPE|ECONNREFUSED)/.test(error?.code ?? "");
     if (!connectionLost && error?.name !== "TypeError") return;

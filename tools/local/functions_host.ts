@@ -344,7 +344,10 @@ class ProcessRunner implements Runner {
     clearInterval(this.#sampler);
     this.#sampler = undefined;
     const all = [...this.#all];
-    for (const w of all) this.#kill(w);
+    for (const w of all) {
+      w.retired = true; // stopped, not crashed
+      this.#kill(w);
+    }
     await Promise.all(all.map((w) => w.child.status.catch(() => {})));
   }
 
@@ -394,13 +397,13 @@ class ProcessRunner implements Runner {
       ticks: null,
       exited: false,
     };
-    relay(child.stdout, console.log, (line) => {
+    relay(child.stdout, (line) => console.log(line), (line) => {
       const port = line.startsWith("{") ? JSON.parse(line)[PORT_ANNOUNCEMENT] : undefined;
       if (typeof port !== "number") return false;
       announce(`http://127.0.0.1:${port}`);
       return true;
     });
-    relay(child.stderr, console.error, (line) => {
+    relay(child.stderr, (line) => console.error(line), (line) => {
       if (/out of memory/i.test(line)) worker.death = "memory-limit";
       return false;
     });
