@@ -33,7 +33,7 @@ async function untilDone(attempt: () => Promise<Answer>, deadlineMs = 150_000): 
   const answers: Answer[] = [];
   const deadline = Date.now() + deadlineMs;
   for (;;) {
-    const answer = await attempt().catch((e) => ({
+    const answer = await attempt().catch((e): Answer => ({
       status: 0,
       body: {},
       text: String(e),
@@ -84,7 +84,9 @@ Deno.test({
           assert.equal(guest.status, 201, guest.text);
           const before = await footprint(stack);
           for (
-            const headers of [{}, { apikey: stack.anonKey }, { apikey: "sb_publishable_of_another_project" }]
+            const headers of [{}, { apikey: stack.anonKey }, {
+              apikey: "sb_publishable_of_another_project",
+            }] as Record<string, string>[]
           ) {
             const refused = await call(
               stack,
