@@ -248,6 +248,40 @@ Deno.test("no client-address header reaches a function unless the deployment nam
   }, { trustedClientHeader: "cf-connecting-ip" });
 });
 
+Deno.test("a host killed outright takes its workers with it (no orphans)", async () => {
+  const hostModule = new URL("../tools/local/functions_host.ts", import.meta.url).href;
+  const jwtModule = new URL("../tools/local/jwt.ts", import.meta.url).href;
+  const script = `
+    const { createFunctionsHost } = await import(${JSON.stringify(hostModule)});
+    const { projectKeys, generateSigningKey, DEFAULT_JWT_SECRET } = await import(${
+    JSON.stringify(jwtModule)
+  });
+    const keys = await projectKeys(DEFAULT_JWT_SECRET, await generateSigningKey());
+    const host = await createFunctionsHost({ supabaseDir: ${JSON.stringify(FIXTURE)}, keys, env: {} });
+    const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen: () => {} }, host.handle);
+    const res = await fetch("http://127.0.0.1:" + server.addr.port + "/functions/v1/probe");
+    console.log(JSON.stringify({ worker: (await res.json()).pid }));`;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["eval", script],
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const line = await readUntil(child.stdout, /\{"worker":\d+\}/);
+  const worker = JSON.parse(line.match(/\{"worker":\d+\}/)![0]).worker as number;
+  const alive = (pid: number) => {
+    try {
+      return Deno.readTextFileSync(`/proc/${pid}/stat`).split(" ")[2] !== "Z";
+    } catch {
+      return false;
+    }
+  };
+  assert.ok(alive(worker));
+  child.kill("SIGKILL");
+  await child.status;
+  for (let i = 0; i < 40 && alive(worker); i++) await new Promise((r) => setTimeout(r, 50));
+  assert.ok(!alive(worker), `worker ${worker} outlived its host`);
+});
+
 /** Runs `npm run dev` (main.ts) on the fixture with a clean environment, plus `env`. */
 function dev(env: Record<string, string>) {
   const main = fileURLToPath(new URL("../tools/local/main.ts", import.meta.url));

@@ -66,6 +66,11 @@ export function loadHandler(path: string): Promise<Handler> {
 }
 
 if (import.meta.main) {
+  // The host holds our stdin open and never writes: when it ends, however it ends, so do we.
+  (async () => {
+    for await (const _ of Deno.stdin.readable) { /* nothing is sent */ }
+    Deno.exit(0);
+  })();
   const [path] = Deno.args;
   const realServe = Deno.serve.bind(Deno);
   await importFunction(path, (handler) => {

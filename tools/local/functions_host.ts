@@ -379,7 +379,7 @@ class ProcessRunner implements Runner {
       cwd: PROJECT_DIR,
       clearEnv: true,
       env,
-      stdin: "null",
+      stdin: "piped", // closed when this process ends: the worker then exits too
       stdout: "piped",
       stderr: "piped",
     }).spawn();
