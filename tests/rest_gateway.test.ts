@@ -242,6 +242,8 @@ stackTest("supabase-js rpc() works against the gateway", async () => {
   assert.equal((await service.rpc("gw_service_only")).data, "secret");
   const rows = await anon.rpc("gw_table", { n: 3 });
   assert.equal(rows.data?.length, 3);
+  const counted = await anon.rpc("gw_series", { n: 4 }, { count: "exact" });
+  assert.deepEqual([counted.data, counted.count], [[1, 2, 3, 4], 4], "Content-Range carries the count");
 });
 
 stackTest(

@@ -219,8 +219,14 @@ export function createRestGateway(options: RestGatewayOptions): (req: Request) =
         hint: e.hint ?? null,
       });
     }
-    const headers = { ...CORS_HEADERS, "x-request-id": requestId };
+    const headers: Record<string, string> = { ...CORS_HEADERS, "x-request-id": requestId };
     if (routine.returns === "void") return new Response(null, { status: 204, headers });
+    if (routine.returns === "array") {
+      // PostgREST's Content-Range for a set: the rows served, and their total with `Prefer: count=...`
+      const rows = (JSON.parse(result ?? "[]") as unknown[]).length;
+      const counted = /count=(exact|planned|estimated)/.test(req.headers.get("prefer") ?? "");
+      headers["content-range"] = `${rows ? `0-${rows - 1}` : "*"}/${counted ? rows : "*"}`;
+    }
     return new Response(req.method === "HEAD" ? null : result, {
       status: 200,
       headers: { ...JSON_HEADERS, ...headers },
