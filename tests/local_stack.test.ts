@@ -197,13 +197,29 @@ Deno.test("CPU time is measured per request, and a request past the limit ends i
   withHost(async ({ url, host }) => {
     const light = await probe(url, "?do=cpu&ms=50");
     assert.equal(light.status, 200);
-    const burned = await probe(url, "?do=cpu&ms=5000");
+    const lines: string[] = [];
+    const error = console.error;
+    console.error = (line: string) => lines.push(line);
+    let burned;
+    try {
+      burned = await probe(url, "?do=cpu&ms=5000");
+    } finally {
+      console.error = error;
+    }
     assert.equal(burned.status, 546);
     assertHostProblem(burned, "WORKER_LIMIT");
     const [lightMetric, burnedMetric] = host.metrics.filter((m) => m.function === "probe").slice(-2);
     assert.ok(lightMetric.cpuMs! >= 30 && lightMetric.cpuMs! < 400, `light request: ${lightMetric.cpuMs} ms`);
     assert.equal(burnedMetric.failure, "cpu-limit");
     assert.ok(burnedMetric.cpuMs! >= 400 && burnedMetric.wallMs < 2_500, JSON.stringify(burnedMetric));
+    const reported = lines.map((l) => JSON.parse(l)).find((l) =>
+      l.msg === "function worker failed: cpu-limit"
+    );
+    assert.deepEqual([reported?.function, reported?.status, reported?.cpu_ms], [
+      "probe",
+      546,
+      burnedMetric.cpuMs,
+    ]);
     assert.equal((await probe(url)).status, 200, "a new worker serves the next request");
   }, { limits: { cpuMs: 400 } }));
 

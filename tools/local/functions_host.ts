@@ -121,9 +121,23 @@ export async function createFunctionsHost(options: FunctionsHostOptions): Promis
   );
   const limits = { ...PLATFORM_LIMITS, ...options.limits };
   const metrics: RequestMetric[] = [];
+  // Each request's measure is kept, and logged: at warn when a limit or a crash ended the worker, at
+  // debug otherwise (LOG_LEVEL=debug).
   const record = (m: RequestMetric) => {
     metrics.push(m);
     if (metrics.length > 1000) metrics.shift();
+    if (!m.failure && Deno.env.get("LOG_LEVEL") !== "debug") return;
+    const line = JSON.stringify({
+      level: m.failure ? "warn" : "debug",
+      msg: m.failure ? `function worker failed: ${m.failure}` : "function request measured",
+      function: m.function,
+      request_id: m.requestId,
+      status: m.status,
+      wall_ms: m.wallMs,
+      cpu_ms: m.cpuMs,
+      rss_mb: m.rssMb,
+    });
+    m.failure ? console.error(line) : console.log(line);
   };
   const runner = options.isolation === "in-process"
     ? inProcess(dir, options)
