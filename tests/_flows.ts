@@ -4,7 +4,7 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { createClient, type SupabaseClient } from "npm:@supabase/supabase-js@2.119.1";
+import { createClient, type SupabaseClient } from "npm:@supabase/supabase-js@2.109.0";
 import { testHooks } from "../supabase/functions/_shared/idempotency.ts";
 import type { Stack } from "../tools/local/stack.ts";
 import { sharedStack, stackTest } from "./_helpers.ts";
@@ -46,9 +46,9 @@ export async function call(
   return { status: res.status, headers: res.headers, body: parsed, text };
 }
 
-/** A supabase-js client acting as `token`'s user (or the service role). */
+/** A supabase-js client with the publishable key, acting as `token`'s user. */
 export function clientAs(stack: Stack, token: string): SupabaseClient {
-  return createClient(stack.url, stack.anonKey, {
+  return createClient(stack.url, stack.publishableKey, {
     auth: { persistSession: false },
     global: { headers: { Authorization: `Bearer ${token}` } },
   });

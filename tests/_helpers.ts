@@ -4,6 +4,7 @@
  * @module
  */
 import postgres from "npm:postgres@3.4.9";
+import { generateSigningKey } from "../tools/local/jwt.ts";
 import { type Stack, startStack } from "../tools/local/stack.ts";
 
 const adminUrl = Deno.env.get("TEST_ADMIN_URL");
@@ -32,18 +33,24 @@ export async function createDatabase(label: string): Promise<string> {
 
 let shared: Promise<Stack> | undefined;
 
-/** The stack of this test file (each file runs in its own worker): a database of its own with the
+/**
+ * The stack of this test file (each file runs in its own worker): a database of its own with the
  * migrations applied by the Supabase CLI, the gateway, the functions and the emulator, whose platform has
- * funds (a large available balance, card funds available at once) unless a test says otherwise. */
+ * funds (a large available balance, card funds available at once) unless a test says otherwise. The
+ * functions run in this process (tests reach into their modules, e.g. `testHooks`), and act as if behind
+ * Cloudflare (`CF-Connecting-IP`), so that tests can be many clients.
+ */
 export function sharedStack(): Promise<Stack> {
-  shared ??= createDatabase("stack").then((databaseUrl) => {
+  shared ??= createDatabase("stack").then(async (databaseUrl) => {
     forgetPreviousStack();
     return startStack({
       databaseUrl,
       port: 0,
       emulatorPort: 0,
       poolSize: 20,
-      trustClientIpHeader: true,
+      signingKey: await generateSigningKey(),
+      functionsIsolation: "in-process",
+      clientIpHeader: "cf-connecting-ip",
       fundsDelaySeconds: 0,
       initialBalance: { usd: 1_000_000_000 },
     });
@@ -52,21 +59,27 @@ export function sharedStack(): Promise<Stack> {
 }
 
 /**
- * Test files run one after another in workers of one process, and a stack exports its settings to the
- * process environment for its functions: clear what an earlier file's stack set, as a new process would.
+ * Test files run one after another in workers of one process, and a stack whose functions run in-process
+ * exports its settings to the process environment: clear what an earlier file's stack set, as a new
+ * process would, before starting another stack.
  */
-function forgetPreviousStack(): void {
+export function forgetPreviousStack(): void {
   for (const name of STACK_ENV) Deno.env.delete(name);
 }
 
 const STACK_ENV = [
   "SUPABASE_URL",
+  "SUPABASE_PUBLISHABLE_KEYS",
+  "SUPABASE_SECRET_KEYS",
+  "SUPABASE_JWKS",
+  "CLIENT_IP_HEADER",
   "SUPABASE_ANON_KEY",
   "SUPABASE_SERVICE_ROLE_KEY",
   "JWT_SECRET",
   "STRIPE_SECRET_KEY",
   "STRIPE_WEBHOOK_SECRET",
   "STRIPE_API_BASE",
+  "SITE_URL",
 ];
 
 /** `Deno.test` for tests that use the shared stack: its pooled connections outlive each test. */

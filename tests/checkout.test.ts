@@ -2,7 +2,7 @@
 // Stripe emulator: one Checkout Session per order under concurrent retries and lost answers, capacity
 // under concurrent buyers, prices from the database only, bad input refused without writes, guests.
 import assert from "node:assert/strict";
-import { createClient } from "npm:@supabase/supabase-js@2.119.1";
+import { createClient } from "npm:@supabase/supabase-js@2.109.0";
 import { testHooks } from "../supabase/functions/_shared/idempotency.ts";
 import type { Stack } from "../tools/local/stack.ts";
 import { type Answer, BUYER, call, footprint, newOrganiser, ORGANISER, STRANGER, uid } from "./_flows.ts";

@@ -1,6 +1,7 @@
 // _shared/http.ts: what every function answers around its own logic.
 import assert from "node:assert/strict";
-import { clientAddress, handler, HttpError, readJson } from "../supabase/functions/_shared/http.ts";
+import { clientAddress, handler, HttpError, problem, readJson } from "../supabase/functions/_shared/http.ts";
+import { log, redact } from "../supabase/functions/_shared/log.ts";
 
 const echo = handler(
   "echo",
@@ -62,18 +63,69 @@ Deno.test("a thrown HttpError becomes problem+json with its members; anything el
   assert.doesNotMatch(await unknown.text(), /hunter2|at .*\.ts/);
 });
 
-Deno.test("clientAddress: Cloudflare's header, else the last X-Forwarded-For hop, never the client's own entries", () => {
+Deno.test("clientAddress: only the header CLIENT_IP_HEADER names, its last hop, never the peer or the client's own entries", () => {
   const req = (headers: Record<string, string>) => new Request("http://x/", { headers });
+  const withHeader = (header: string | null, fn: () => void) => {
+    const before = Deno.env.get("CLIENT_IP_HEADER");
+    header === null ? Deno.env.delete("CLIENT_IP_HEADER") : Deno.env.set("CLIENT_IP_HEADER", header);
+    try {
+      fn();
+    } finally {
+      before === undefined ? Deno.env.delete("CLIENT_IP_HEADER") : Deno.env.set("CLIENT_IP_HEADER", before);
+    }
+  };
+  const both = { "cf-connecting-ip": "203.0.113.9", "x-forwarded-for": "6.6.6.6, 198.51.100.7" };
+  withHeader(null, () => {
+    assert.equal(clientAddress(req(both)), undefined, "the platform documents no client-address header");
+  });
+  withHeader("CF-Connecting-IP", () => {
+    assert.equal(clientAddress(req(both)), "203.0.113.9");
+    assert.equal(clientAddress(req({ "x-forwarded-for": "198.51.100.7" })), undefined);
+    assert.equal(clientAddress(req({ "cf-connecting-ip": "not an address; drop table" })), undefined);
+  });
+  withHeader("x-forwarded-for", () => {
+    assert.equal(clientAddress(req(both)), "198.51.100.7");
+    assert.equal(
+      clientAddress(req({ "x-forwarded-for": "2001:db8:1:2:aaaa:bbbb:cccc:dddd" })),
+      "2001:db8:1:2::/64",
+    );
+    assert.equal(clientAddress(req({ "x-forwarded-for": "2001:db8::1" })), "2001:db8:0:0::/64");
+    assert.equal(clientAddress(req({ "x-forwarded-for": "::ffff:192.0.2.1" })), "192.0.2.1");
+    assert.equal(clientAddress(req({})), undefined);
+  });
+});
+
+Deno.test("every log line and every problem body carries the request's id, also when written deep in the handler", async () => {
+  const lines: string[] = [];
+  const [out, err] = [console.log, console.error];
+  console.log = console.error = (line: string) => lines.push(line);
+  const logLevel = Deno.env.get("LOG_LEVEL");
+  Deno.env.set("LOG_LEVEL", "debug");
+  let stored = "";
+  try {
+    const deep = handler("deep", async () => {
+      await Promise.resolve();
+      log("warn", "something deep");
+      stored = await problem(new HttpError(422, "stripe-rejected", "Refused")).text(); // as idempotency_http stores it
+      throw new HttpError(409, "sold-out", "Sold out");
+    });
+    const res = await deep(
+      new Request("http://x/", { method: "POST", headers: { "x-request-id": "req-42" } }),
+    );
+    assert.equal((await res.json()).request_id, "req-42");
+  } finally {
+    console.log = out;
+    console.error = err;
+    logLevel === undefined ? Deno.env.delete("LOG_LEVEL") : Deno.env.set("LOG_LEVEL", logLevel);
+  }
+  assert.equal(JSON.parse(stored).request_id, "req-42");
+  assert.equal(lines.length, 2);
+  for (const line of lines) assert.equal(JSON.parse(line).request_id, "req-42");
+});
+
+Deno.test("log redacts Supabase secret keys, Stripe keys and JWTs", () => {
   assert.equal(
-    clientAddress(req({ "cf-connecting-ip": "203.0.113.9", "x-forwarded-for": "1.1.1.1" })),
-    "203.0.113.9",
+    redact("keys sb_secret_abc-DEF_123 sk_live_xyz eyJa.eyJb.c ok"),
+    "keys [redacted] [redacted] [redacted] ok",
   );
-  assert.equal(clientAddress(req({ "x-forwarded-for": "6.6.6.6, 198.51.100.7" })), "198.51.100.7");
-  assert.equal(clientAddress(req({})), undefined);
-  assert.equal(
-    clientAddress(req({ "x-forwarded-for": "2001:db8:1:2:aaaa:bbbb:cccc:dddd" })),
-    "2001:db8:1:2::/64",
-  );
-  assert.equal(clientAddress(req({ "x-forwarded-for": "2001:db8::1" })), "2001:db8:0:0::/64");
-  assert.equal(clientAddress(req({ "x-forwarded-for": "::ffff:192.0.2.1" })), "192.0.2.1");
 });

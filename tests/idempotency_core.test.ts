@@ -2,7 +2,7 @@
 // Postgres, and the official Stripe SDK -> the emulator. Crashes, lost answers, terminal errors, a
 // store that cannot be reached, and the Idempotency-Key header's contract.
 import assert from "node:assert/strict";
-import { createClient } from "npm:@supabase/supabase-js@2.119.1";
+import { createClient } from "npm:@supabase/supabase-js@2.109.0";
 import {
   StoreUnavailableError,
   StripeOutcomeUnknownError,

@@ -1,8 +1,12 @@
 // The migrations apply with the pinned Supabase CLI on a fresh database, and preparing a database
-// twice (a restarted `npm run dev` on the same DATABASE_URL) changes nothing and fails nothing.
+// twice (a restarted `npm run dev` on the same DATABASE_URL) changes nothing and fails nothing; they
+// apply on the two bases projects have (the default privileges of older projects, and a project since
+// the Data API change: a non-superuser owner and no default privileges) with the same security matrix;
+// and they adopt the old plan's tables.
 import assert from "node:assert/strict";
 import { connectPostgres, prepareDatabase, PROJECT_DIR } from "../tools/local/db.ts";
 import { createDatabase } from "./_helpers.ts";
+import { assertSecurityMatrix } from "./_security.ts";
 
 const OLD_PLAN = new URL("./fixtures/old_plan.sql", import.meta.url);
 
@@ -35,14 +39,80 @@ Deno.test("migrations apply with the Supabase CLI on a fresh database, and again
   }
 });
 
+/** The API roles' default privileges in public, as `role:type` (r tables, f functions, S sequences). */
+async function defaultGrants(db: ReturnType<typeof connectPostgres>): Promise<string[]> {
+  const rows = await db.query<{ grant: string }>(
+    `select distinct a.grantee::regrole::text || ':' || d.defaclobjtype::text as grant
+     from pg_catalog.pg_default_acl d join pg_catalog.pg_namespace n on n.oid = d.defaclnamespace,
+       aclexplode(d.defaclacl) a
+     where n.nspname = 'public' and a.grantee::regrole::text in ('anon', 'authenticated', 'service_role')
+     order by 1`,
+  );
+  return rows.map((r) => r.grant);
+}
+
+Deno.test("the migrations apply on an older project's base and on a new project's; the security matrix holds on both", async () => {
+  const oldUrl = await createDatabase("olddefaults");
+  const oldDb = connectPostgres(oldUrl, 2);
+  try {
+    await prepareDatabase(oldDb, { databaseUrl: oldUrl, oldDefaults: true });
+    assert.equal(
+      (await defaultGrants(oldDb)).length,
+      9,
+      "the older base grants the API roles everything new",
+    );
+    await assertSecurityMatrix(oldDb, "an older project's base");
+  } finally {
+    await oldDb.close();
+  }
+
+  // A new project: the database belongs to a role that is not a superuser (as Supabase's postgres), and
+  // nothing new in public is granted to the API roles.
+  const newUrl = await createDatabase("newproject");
+  const db = connectPostgres(newUrl, 2);
+  try {
+    await db.exec(`
+      do $$ begin
+        create role tickets_owner login nosuperuser nocreaterole;
+      exception when duplicate_object then null; end $$;
+      alter database "${new URL(newUrl).pathname.slice(1)}" owner to tickets_owner;`);
+    await db.exec(await Deno.readTextFile(`${PROJECT_DIR}/tools/local/supabase_base.sql`));
+    await db.exec(`
+      grant usage on schema auth to tickets_owner;
+      grant select, references on auth.users to tickets_owner;
+      grant execute on all functions in schema auth to tickets_owner;`);
+    const ownerUrl = new URL(newUrl);
+    ownerUrl.username = "tickets_owner";
+    await prepareDatabase(db, { databaseUrl: newUrl, migrateAs: ownerUrl.toString() });
+    assert.deepEqual(await defaultGrants(db), [], "no default privileges for the API roles");
+    const owners = await db.query<{ owner: string; superuser: boolean }>(
+      `select distinct r.rolname as owner, r.rolsuper as superuser from pg_catalog.pg_class c
+       join pg_catalog.pg_namespace n on n.oid = c.relnamespace join pg_catalog.pg_roles r on r.oid = c.relowner
+       where n.nspname in ('events', 'wallet', 'private') and c.relkind = 'r'`,
+    );
+    assert.deepEqual([...owners], [{ owner: "tickets_owner", superuser: false }]);
+    assert.equal(
+      (await db.query<{ n: number }>("select count(*)::int as n from supabase_migrations.schema_migrations"))[
+        0
+      ].n,
+      migrationFiles.length,
+    );
+    await assertSecurityMatrix(db, "a new project's base");
+  } finally {
+    await db.close();
+  }
+});
+
 Deno.test("the migrations adopt the old plan's tables and rows without losing any", async () => {
   const url = await createDatabase("upgrade");
   const db = connectPostgres(url, 2);
   try {
+    // the old plan ran on an older project, with its default privileges
     await db.exec(await Deno.readTextFile(`${PROJECT_DIR}/tools/local/supabase_base.sql`));
+    await db.exec(await Deno.readTextFile(`${PROJECT_DIR}/tools/local/supabase_old_defaults.sql`));
     await db.exec(await Deno.readTextFile(OLD_PLAN));
-    await prepareDatabase(db, { databaseUrl: url });
-    await prepareDatabase(db, { databaseUrl: url }); // and again: a no-op
+    await prepareDatabase(db, { databaseUrl: url, oldDefaults: true });
+    await prepareDatabase(db, { databaseUrl: url, oldDefaults: true }); // and again: a no-op
 
     const ops = await db.query<Record<string, unknown>>(
       `select operation_id, status, stripe_resource_id, stripe_idempotency_key, locked_until <= now() as lease_expired,

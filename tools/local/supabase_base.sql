@@ -52,8 +52,24 @@ $$;
 
 grant execute on function auth.jwt(), auth.uid(), auth.role() to anon, authenticated, service_role;
 
--- Supabase's defaults: what postgres creates in public is reachable by the API roles unless revoked.
--- Keeping them here means the migrations' revokes are tested against the same defaults as production.
-alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
-alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
-alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
+-- Supabase's statement timeouts per API role (supabase.com/docs/guides/database/postgres/timeouts):
+-- anon 3 s, authenticated 8 s, and authenticator's 8 s for service_role, which has none of its own. The
+-- gateway applies them per request as PostgREST does. Set for this database only, and only where the
+-- role has none: a project's own values are never changed.
+do $$
+declare
+  v_role text;
+  v_timeout text;
+begin
+  for v_role, v_timeout in values ('anon', '3s'), ('authenticated', '8s'), ('authenticator', '8s') loop
+    if not exists (
+      select from pg_catalog.pg_db_role_setting s join pg_catalog.pg_roles r on r.oid = s.setrole
+      where r.rolname = v_role
+        and s.setdatabase in (0, (select oid from pg_catalog.pg_database where datname = current_database()))
+        and exists (select from unnest(s.setconfig) c where c like 'statement_timeout=%')
+    ) then
+      execute format('alter role %I in database %I set statement_timeout = %L', v_role, current_database(), v_timeout);
+    end if;
+  end loop;
+end
+$$;

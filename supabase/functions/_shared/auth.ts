@@ -1,11 +1,19 @@
 /**
- * Who is calling: the signed-in user of the request's access token, verified here as well as by the
- * platform (verify_jwt). Tokens are checked against `SUPABASE_JWKS` (asymmetric signing keys) or,
- * for HS256 tokens, `JWT_SECRET`; with neither configured every token is refused.
+ * Who is calling, checked in the function (every function has `verify_jwt = false`: the platform's
+ * check accepts legacy JWTs only, supabase.com/docs/guides/functions/auth). The credentials are the
+ * platform's (supabase.com/docs/guides/functions/auth-headers): a user's access token in
+ * `Authorization: Bearer`, an API key in `apikey`.
+ *
+ * The new-style checks are `@supabase/server`'s (`verifyCredentials`: user tokens against the project's
+ * JWKS, publishable and secret keys compared in constant time); around them, what old projects still
+ * send: user tokens signed with the legacy HS256 `JWT_SECRET`, the legacy anon and service_role keys
+ * (also as a bearer token, as older pg_cron jobs send them). See docs/adr/0007.
  * @module
  */
-import { createLocalJWKSet, decodeProtectedHeader, type JWTPayload, jwtVerify } from "npm:jose@6.2.18";
-import { HttpError } from "./errors.ts";
+import { verifyCredentials } from "npm:@supabase/server@1.4.1/core";
+import { decodeProtectedHeader, type JWTPayload, jwtVerify } from "npm:jose@6.2.18";
+import { ConfigurationError, HttpError } from "./errors.ts";
+import { LEGACY_SECRET, type ProjectEnv, projectEnv } from "./keys.ts";
 
 /** A verified caller. */
 export interface User {
@@ -23,38 +31,67 @@ function unauthorized(detail: string): HttpError {
   });
 }
 
-let cachedKeySet: { jwks: string; keys: ReturnType<typeof createLocalJWKSet> } | undefined;
-
-/** The key set of `SUPABASE_JWKS`, parsed once per value rather than on every request. */
-function keySet(jwks: string): ReturnType<typeof createLocalJWKSet> {
-  if (cachedKeySet?.jwks !== jwks) {
-    const parsed = JSON.parse(jwks);
-    cachedKeySet = { jwks, keys: createLocalJWKSet(Array.isArray(parsed) ? { keys: parsed } : parsed) };
-  }
-  return cachedKeySet.keys;
+function bearerOf(req: Request): string | null {
+  return req.headers.get("authorization")?.match(/^Bearer\s+(\S+)$/i)?.[1] ?? null;
 }
 
-/** The verified claims of the bearer token; throws 401 when it is missing, forged or expired. */
-export async function verifiedClaims(req: Request): Promise<JWTPayload> {
-  const token = req.headers.get("authorization")?.match(/^Bearer\s+(\S+)$/i)?.[1];
-  if (!token) throw unauthorized("Send the user's access token as Authorization: Bearer <token>");
-  const jwks = Deno.env.get("SUPABASE_JWKS");
-  const secret = Deno.env.get("JWT_SECRET");
+/** `@supabase/server`'s view of the project: its keys, the legacy ones named among them. */
+function serverEnv(env: ProjectEnv) {
+  return {
+    url: env.url,
+    publishableKeys: env.publishableKeys,
+    secretKeys: env.secretKeys,
+    // absent: the library reads SUPABASE_JWKS_URL, if set
+    ...(env.jwks ? { jwks: env.jwks } : {}),
+  };
+}
+
+/** Does `key` match one of the project's keys of `kind` (by name, or any with `*`)? */
+async function keyMatches(key: string | null, kind: "publishable" | "secret", name = "*"): Promise<boolean> {
+  if (!key) return false;
+  const { data } = await verifyCredentials({ token: null, apikey: key }, {
+    auth: `${kind}:${name}`,
+    env: serverEnv(projectEnv()),
+  });
+  return data !== null;
+}
+
+/**
+ * The verified claims of a user's access token: asymmetric tokens against the JWKS (through
+ * `@supabase/server`), HS256 tokens against `JWT_SECRET`. Returns null for a missing, forged or expired
+ * token; throws `ConfigurationError` when the project's keys are unusable.
+ */
+async function userClaims(token: string | null): Promise<JWTPayload | null> {
+  if (!token || token.startsWith("sb_")) return null;
+  const env = projectEnv();
+  let alg: string | undefined;
   try {
-    if (decodeProtectedHeader(token).alg === "HS256") {
-      if (!secret) throw new Error("no HS256 secret configured");
-      return (await jwtVerify(token, new TextEncoder().encode(secret), { algorithms: ["HS256"] })).payload;
-    }
-    if (!jwks) throw new Error("no JWKS configured");
-    return (await jwtVerify(token, keySet(jwks))).payload;
+    alg = decodeProtectedHeader(token).alg;
   } catch {
-    throw unauthorized("The access token is invalid or expired");
+    return null;
   }
+  if (alg === "HS256" && env.jwtSecret) {
+    try {
+      const secret = new TextEncoder().encode(env.jwtSecret);
+      return (await jwtVerify(token, secret, { algorithms: ["HS256"] })).payload;
+    } catch {
+      return null;
+    }
+  }
+  const { data, error } = await verifyCredentials({ token, apikey: null }, {
+    auth: "user",
+    env: serverEnv(env),
+  });
+  if (error && error.status >= 500) throw new ConfigurationError(error.message);
+  return data?.jwtClaims ?? null;
 }
 
-/** The signed-in user; throws 401 unless the token is a verified `authenticated` user's. */
+/** The signed-in user; throws 401 unless the bearer token is a verified `authenticated` user's. */
 export async function requireUser(req: Request): Promise<User> {
-  const claims = await verifiedClaims(req);
+  const token = bearerOf(req);
+  if (!token) throw unauthorized("Send the user's access token as Authorization: Bearer <token>");
+  const claims = await userClaims(token);
+  if (!claims) throw unauthorized("The access token is invalid or expired");
   if (claims.role !== "authenticated" || typeof claims.sub !== "string" || !UUID.test(claims.sub)) {
     throw unauthorized("Sign in: this endpoint needs a user's access token, not an API key");
   }
@@ -66,10 +103,37 @@ export async function requireUser(req: Request): Promise<User> {
   };
 }
 
-/** Throws 403 unless the verified token is the service role's (scheduled jobs, operators). */
-export async function requireServiceRole(req: Request): Promise<void> {
-  const claims = await verifiedClaims(req);
-  if (claims.role !== "service_role") {
-    throw new HttpError(403, "forbidden", "Forbidden", "Only the service role may call this endpoint");
+/**
+ * Throws 401 unless the request carries one of the project's API keys in `apikey` (publishable or
+ * secret), or a legacy key as its bearer token (endpoints open to apps: guest checkout).
+ */
+export async function requireApiKey(req: Request): Promise<void> {
+  const apikey = req.headers.get("apikey");
+  const bearer = bearerOf(req);
+  if (await keyMatches(apikey, "publishable") || await keyMatches(apikey, "secret")) return;
+  if (
+    await keyMatches(bearer, "publishable", "legacy_anon") ||
+    await keyMatches(bearer, "secret", LEGACY_SECRET)
+  ) {
+    return;
   }
+  throw unauthorized("Send the project's publishable key in the apikey header");
+}
+
+/**
+ * Throws unless the caller holds a secret key (scheduled jobs, operators): a secret key in `apikey`, or
+ * the legacy service_role key in `apikey` or as the bearer token. A publishable key or a user's token is
+ * 403; no known credential 401.
+ */
+export async function requireSecretKey(req: Request): Promise<void> {
+  const apikey = req.headers.get("apikey");
+  const bearer = bearerOf(req);
+  if (await keyMatches(apikey, "secret") || await keyMatches(bearer, "secret", LEGACY_SECRET)) return;
+  if (
+    await keyMatches(apikey, "publishable") || await keyMatches(bearer, "publishable") ||
+    await userClaims(bearer)
+  ) {
+    throw new HttpError(403, "forbidden", "Forbidden", "Only a secret key may call this endpoint");
+  }
+  throw unauthorized("Send a secret key (sb_secret_...) in the apikey header");
 }

@@ -42,6 +42,15 @@ export class HttpError extends Error {
   }
 }
 
+/**
+ * The function is not configured to run: a key is missing, malformed, or refused by the platform. Not an
+ * `HttpError`: the caller gets a bare 500 and the log says what to change (never "store unavailable",
+ * which a retry could cure).
+ */
+export class ConfigurationError extends Error {
+  override name = "ConfigurationError";
+}
+
 /** 503: the database (the idempotency store) could not be reached; nothing unguarded was done. */
 export class StoreUnavailableError extends HttpError {
   constructor(

@@ -4,7 +4,7 @@
  * @module
  */
 import { HttpError } from "./errors.ts";
-import { log } from "./log.ts";
+import { currentRequestId, log, withRequestId } from "./log.ts";
 
 export { HttpError };
 
@@ -20,8 +20,8 @@ export const CORS_HEADERS: Readonly<Record<string, string>> = {
 /** Largest request body accepted, in bytes. */
 export const MAX_BODY_BYTES = 16 * 1024;
 
-/** A problem+json response. */
-export function problem(error: HttpError, requestId?: string): Response {
+/** A problem+json response; `request_id` is the given one, else the id of the request being handled. */
+export function problem(error: HttpError, requestId = currentRequestId()): Response {
   const { headers, ...members } = error.extra;
   const body = {
     type: `/problems/${error.type}`,
@@ -98,18 +98,20 @@ export function requestIdOf(req: Request): string {
 }
 
 /**
- * The client's address, as the platform's edge saw it: `CF-Connecting-IP` (set by Cloudflare in front of
- * Supabase, which a client cannot forge there; ignored when `TRUST_CF_CONNECTING_IP=false`, for
- * deployments without Cloudflare), else the last `X-Forwarded-For` hop (the one the nearest proxy added;
- * earlier entries are whatever the client sent), else the connection's peer. An IPv6 address counts as
- * its /64, which one client usually holds whole.
+ * The client's address, from the one header named by `CLIENT_IP_HEADER` (e.g. `cf-connecting-ip` behind
+ * Cloudflare, `x-forwarded-for` behind a proxy that appends the address it saw), or undefined: Supabase
+ * documents no header with the client's address (supabase.com/docs/guides/functions), and the
+ * connection's peer is the platform's proxy, shared by every client. In a list (X-Forwarded-For) the
+ * last entry counts, the one the nearest proxy added; earlier ones are whatever the client sent. A value
+ * that is not an IP address counts as none. An IPv6 address counts as its /64, which one client usually
+ * holds whole.
  */
-export function clientAddress(req: Request, info?: Deno.ServeHandlerInfo): string | undefined {
-  const trustCloudflare = Deno.env.get("TRUST_CF_CONNECTING_IP") !== "false";
-  const cloudflare = trustCloudflare ? req.headers.get("cf-connecting-ip")?.trim() : undefined;
-  const forwarded = req.headers.get("x-forwarded-for")?.split(",").map((s) => s.trim()).filter(Boolean);
-  const address = cloudflare || forwarded?.at(-1) || (info?.remoteAddr as Deno.NetAddr | undefined)?.hostname;
-  return address && address.includes(":") ? ipv6Prefix(address) : address;
+export function clientAddress(req: Request): string | undefined {
+  const header = Deno.env.get("CLIENT_IP_HEADER")?.trim().toLowerCase();
+  if (!header) return undefined;
+  const address = req.headers.get(header)?.split(",").map((s) => s.trim()).filter(Boolean).at(-1);
+  if (!address || address.length > 64 || !/^[0-9a-f.:[\]%]+$/i.test(address)) return undefined;
+  return address.includes(":") ? ipv6Prefix(address) : address;
 }
 
 /** `2001:db8:1:2:3:4:5:6` -> `2001:db8:1:2::/64`; an IPv4-mapped address -> its IPv4 address. */
@@ -139,8 +141,12 @@ export function handler(
   name: string,
   fn: (req: Request, ctx: Context) => Promise<Response>,
 ): (req: Request, info?: Deno.ServeHandlerInfo) => Promise<Response> {
-  return async (req, info) => {
+  return (req, info) => {
     const requestId = requestIdOf(req);
+    return withRequestId(requestId, () => handle(req, info, requestId));
+  };
+
+  async function handle(req: Request, info: Deno.ServeHandlerInfo | undefined, requestId: string) {
     const started = performance.now();
     let res: Response;
     if (req.method === "OPTIONS") {
@@ -159,7 +165,7 @@ export function handler(
         if (e instanceof HttpError) {
           res = problem(e, requestId);
         } else {
-          log("error", "unhandled error", { function: name, request_id: requestId, error: e });
+          log("error", "unhandled error", { function: name, error: e });
           res = problem(
             new HttpError(500, "internal", "Internal error", "The request failed; it is safe to retry"),
             requestId,
@@ -172,13 +178,12 @@ export function handler(
     headers.set("x-request-id", requestId);
     log("info", "request", {
       function: name,
-      request_id: requestId,
       method: req.method,
       status: res.status,
       ms: Math.round(performance.now() - started),
     });
     return new Response(res.body, { status: res.status, statusText: res.statusText, headers });
-  };
+  }
 }
 
 function concat(chunks: Uint8Array[], size: number): Uint8Array {

@@ -11,7 +11,7 @@
  *   was done (bad input, unknown ids, sold out) forgets the key, so that bad input writes nothing.
  * @module
  */
-import type { SupabaseClient } from "npm:@supabase/supabase-js@2.119.1";
+import type { SupabaseClient } from "npm:@supabase/supabase-js@2.109.0";
 import { HttpError } from "./errors.ts";
 import { problem } from "./http.ts";
 import { IDEMPOTENCY_DEFAULTS } from "./idempotency.ts";

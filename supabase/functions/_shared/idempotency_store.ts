@@ -4,7 +4,7 @@
  * row after its claim is accepted only with the claim's fencing token.
  * @module
  */
-import type { SupabaseClient } from "npm:@supabase/supabase-js@2.119.1";
+import type { SupabaseClient } from "npm:@supabase/supabase-js@2.109.0";
 import { OperationInProgressError, type StripeFailure } from "./errors.ts";
 import { log } from "./log.ts";
 import { rpc, RpcError } from "./supabase.ts";

@@ -1,16 +1,30 @@
 /**
- * Structured logs: one JSON object per line on stdout/stderr. Secrets never reach a line: any string
- * that looks like a Stripe key, a webhook secret or a JWT is replaced, and errors are logged by name
- * and message only (no stack).
+ * Structured logs: one JSON object per line on stdout/stderr, each with the `request_id` of the request
+ * it was written for (`withRequestId`). Secrets never reach a line: any string that looks like a Stripe
+ * key, a webhook secret, a Supabase secret key or a JWT is replaced, and errors are logged by name and
+ * message only (no stack).
  * @module
  */
+import { AsyncLocalStorage } from "node:async_hooks";
 
 /** Severity, lowest first. */
 export type Level = "debug" | "info" | "warn" | "error";
 
 const ORDER: Record<Level, number> = { debug: 0, info: 1, warn: 2, error: 3 };
 const SECRET =
-  /\b(?:sk|rk|pk)_(?:test|live)_[A-Za-z0-9_]+|\bwhsec_[A-Za-z0-9_]+|\beyJ[\w-]+\.[\w-]+\.[\w-]+/g;
+  /\b(?:sk|rk|pk)_(?:test|live)_[A-Za-z0-9_]+|\bwhsec_[A-Za-z0-9_]+|\bsb_secret_[\w-]+|\beyJ[\w-]+\.[\w-]+\.[\w-]+/g;
+
+const requestContext = new AsyncLocalStorage<string>();
+
+/** Runs `fn` as the handling of request `requestId`: every line it logs carries that id. */
+export function withRequestId<T>(requestId: string, fn: () => T): T {
+  return requestContext.run(requestId, fn);
+}
+
+/** The id of the request being handled, if any. */
+export function currentRequestId(): string | undefined {
+  return requestContext.getStore();
+}
 
 /** Replaces anything that looks like a secret in `value`, deeply; errors become `{name, message}`. */
 export function redact(value: unknown, depth = 0): unknown {
@@ -25,7 +39,14 @@ export function redact(value: unknown, depth = 0): unknown {
 export function log(level: Level, msg: string, fields: Record<string, unknown> = {}): void {
   const threshold = (Deno.env.get("LOG_LEVEL") ?? "info") as Level;
   if (ORDER[level] < (ORDER[threshold] ?? ORDER.info)) return;
-  const line = JSON.stringify({ ts: new Date().toISOString(), level, msg, ...(redact(fields) as object) });
+  const requestId = currentRequestId();
+  const line = JSON.stringify({
+    ts: new Date().toISOString(),
+    level,
+    msg,
+    ...(requestId ? { request_id: requestId } : {}),
+    ...(redact(fields) as object),
+  });
   if (level === "error" || level === "warn") console.error(line);
   else console.log(line);
 }

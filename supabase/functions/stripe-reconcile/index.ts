@@ -1,4 +1,5 @@
-// POST /functions/v1/stripe-reconcile: the scheduled reconciler, for the service role only.
+// POST /functions/v1/stripe-reconcile: the scheduled reconciler, for holders of a secret key only
+// (verify_jwt = false; `apikey: sb_secret_...`, or the legacy service_role key).
 // - settles Stripe operations whose lease ran out, through their declaration in _shared/operations.ts:
 //   re-sent with their stored key and parameters (Stripe deduplicates what already happened), or looked
 //   up in Stripe when the key can no longer settle them (past Stripe's 24 h key window, no stored
@@ -6,7 +7,7 @@
 // - expires unpaid orders whose holds ran out, and purges expired idempotency rows, old processed
 //   webhook events and old rate-limit windows, each in one bounded batch.
 // Safe to run concurrently with itself: the claims use `for update skip locked`.
-import { requireServiceRole } from "../_shared/auth.ts";
+import { requireSecretKey } from "../_shared/auth.ts";
 import {
   OperationInProgressError,
   OperationNeedsAttentionError,
@@ -22,7 +23,7 @@ import { rpc } from "../_shared/supabase.ts";
 type Claimed = ClaimRow & { operation_type: string; operation_id: string };
 
 Deno.serve(handler("stripe-reconcile", async (req, { requestId }) => {
-  await requireServiceRole(req);
+  await requireSecretKey(req);
   const stale = await rpc<{ claimed: Claimed[] }>("claim_stale_stripe_operations", {});
   const settled = { completed: 0, failed: 0, unknown: 0, deferred: 0, attention: 0, errors: 0 };
   const needsAttention: Json[] = [];
