@@ -21,7 +21,11 @@ export const EXPECTED_EXECUTE: Record<string, string[]> = {
   "public.complete_checkout_session(uuid,bigint,jsonb)": ["service_role"],
   "public.fail_checkout_session(uuid,bigint,jsonb)": ["service_role"],
   "public.complete_order_payment(uuid,text,text,integer,jsonb)": ["service_role"],
-  "public.create_refund(text,text,uuid,text,uuid,uuid,boolean,integer,text,integer)": ["service_role"],
+  "public.create_refund(text,text,uuid,text,uuid,uuid,boolean,integer,text,integer,uuid[],text[])": [
+    "service_role",
+  ],
+  "public.complete_transfer_reversal(uuid,bigint,jsonb)": ["service_role"],
+  "public.fail_transfer_reversal(uuid,bigint,jsonb)": ["service_role"],
   "public.complete_refund(uuid,bigint,jsonb)": ["service_role"],
   "public.fail_refund(uuid,bigint,jsonb)": ["service_role"],
   "public.create_payout(text,text,uuid,text,uuid,bigint,text,integer,bigint)": ["service_role"],

@@ -129,20 +129,27 @@ export interface StripeFailure {
  */
 export const NOT_CREATED = "not_created";
 
+/** The failure stored for a refund whose recovery from the organiser's transfers failed (it was never sent). */
+export const RECOVERY_FAILED = "recovery_failed";
+
+/** How each kind of stored failure is answered: status, problem type and title. */
+function rejection(failure: StripeFailure): [number, string, string] {
+  if (failure.type === NOT_CREATED) return [409, "operation-not-created", "Not carried out"];
+  if (failure.type === RECOVERY_FAILED) {
+    return [409, "insufficient-organiser-balance", "Organiser's balance insufficient"];
+  }
+  return [failure.status === 402 ? 402 : 422, "stripe-rejected", "Refused by the payment provider"];
+}
+
 /**
  * 402/422: Stripe executed the request and refused it; 409 `operation-not-created`: a look-up proved that
- * Stripe holds no object for it. Either way stored, and replayed as such.
+ * Stripe holds no object for it; 409 `insufficient-organiser-balance`: a refund whose recovery from the
+ * organiser's transfers failed. Each stored, and replayed as such.
  */
 export class StripeRejectedError extends HttpError {
   constructor(readonly failure: StripeFailure) {
-    const notCreated = failure.type === NOT_CREATED;
-    super(
-      notCreated ? 409 : failure.status === 402 ? 402 : 422,
-      notCreated ? "operation-not-created" : "stripe-rejected",
-      notCreated ? "Not carried out" : "Refused by the payment provider",
-      failure.message,
-      { stripe_code: failure.code ?? failure.type },
-    );
+    const [status, type, title] = rejection(failure);
+    super(status, type, title, failure.message, { stripe_code: failure.code ?? failure.type });
     this.disposition = "outcome";
   }
 }

@@ -257,5 +257,7 @@ const KEY_FORGOTTEN_SECONDS = 3600;
 const SENT_REQUEST_GRACE_MS = 15 * 60_000;
 
 function secondsUntil(iso: string): number {
-  return Math.max(1, Math.ceil((Date.parse(iso) - Date.now()) / 1000));
+  const seconds = Math.ceil((Date.parse(iso) - Date.now()) / 1000);
+  // 'infinity': held until something else releases it (a refund waiting for its recovery)
+  return Number.isFinite(seconds) ? Math.max(1, seconds) : 60;
 }

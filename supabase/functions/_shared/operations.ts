@@ -24,7 +24,12 @@ import {
   type StripeOperationStore,
   stripeOperationStore,
 } from "./idempotency_store.ts";
-import { checkoutSessionSchema, refundSchema, transferSchema } from "./stripe_contract.ts";
+import {
+  checkoutSessionSchema,
+  refundSchema,
+  transferReversalSchema,
+  transferSchema,
+} from "./stripe_contract.ts";
 import { type Stripe, stripeClient } from "./stripe.ts";
 import { rpc } from "./supabase.ts";
 import type { z } from "./validate.ts";
@@ -145,6 +150,49 @@ const payoutCreate: OperationDeclaration<Stripe.TransferCreateParams, Stripe.Tra
     ),
 };
 
+/** A reversal with what the product credits by: its transfer's cumulative `amount_reversed`. */
+type Reversal = Stripe.TransferReversal & { transfer_amount_reversed: number };
+
+async function withTransferReversed(stripe: Stripe, reversal: Stripe.TransferReversal): Promise<Reversal> {
+  const transfer = await stripe.transfers.retrieve(
+    typeof reversal.transfer === "string" ? reversal.transfer : reversal.transfer.id,
+  );
+  return { ...reversal, transfer_amount_reversed: transfer.amount_reversed };
+}
+
+const transferReversalCreate: OperationDeclaration<
+  z.output<typeof transferReversalSchema>,
+  Reversal,
+  "transfer_reversal:create"
+> = {
+  type: "transfer_reversal:create",
+  idArg: "p_reversal_id",
+  complete: "complete_transfer_reversal",
+  fail: "fail_transfer_reversal",
+  schema: () => transferReversalSchema,
+  send: async (stripe, { transfer, ...body }, key) =>
+    withTransferReversed(
+      stripe,
+      await stripe.transfers.createReversal(transfer, body, { idempotencyKey: key }),
+    ),
+  pick: (r) => ({
+    id: r.id,
+    amount: r.amount,
+    transfer: typeof r.transfer === "string" ? r.transfer : r.transfer.id,
+    transfer_amount_reversed: r.transfer_amount_reversed,
+  }),
+  lookup: async (stripe, { operationId, params }) => {
+    const found = single(
+      await collect(
+        stripe.transfers.listReversals(params.transfer, { limit: 100 }),
+        (r) => r.metadata?.reversal_id === operationId,
+      ),
+      `the reversals of ${params.transfer} with metadata.reversal_id ${operationId}`,
+    );
+    return "found" in found ? { found: await withTransferReversed(stripe, found.found) } : found;
+  },
+};
+
 // The declarations' parameter and object types differ; the registry holds them side by side.
 // deno-lint-ignore no-explicit-any
 type AnyDeclaration = OperationDeclaration<any, any>;
@@ -154,6 +202,7 @@ export const OPERATIONS = {
   [checkoutCreate.type]: checkoutCreate,
   [refundCreate.type]: refundCreate,
   [payoutCreate.type]: payoutCreate,
+  [transferReversalCreate.type]: transferReversalCreate,
 } as const satisfies Record<string, AnyDeclaration>;
 
 /** The operation types. */

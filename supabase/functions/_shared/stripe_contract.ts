@@ -210,3 +210,15 @@ export const transferSchema = z.strictObject({
   source_transaction: z.string().regex(/^ch_/).optional(),
   metadata,
 }) satisfies z.ZodType<Stripe.TransferCreateParams>;
+
+/**
+ * The Transfer reversal parameters the product sends: the transfer (the call's path,
+ * `POST /v1/transfers/:id/reversals`) and the body (`TransferCreateReversalParams`).
+ */
+export const transferReversalSchema = z.strictObject({
+  transfer: z.string().regex(/^tr_/),
+  amount,
+  metadata,
+});
+const _reversalBody: Omit<z.output<typeof transferReversalSchema>, "transfer"> extends
+  Stripe.TransferCreateReversalParams ? true : false = true;
