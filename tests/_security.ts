@@ -53,6 +53,10 @@ export const EXPECTED_EXECUTE: Record<string, string[]> = {
   "public.resolve_stripe_operation(text,text,jsonb,jsonb)": ["service_role"],
   "public.claim_stale_stripe_operations(integer,integer)": ["service_role"],
   "public.reconcile_housekeeping(integer)": ["service_role"],
+  "public.audit_begin(integer)": ["service_role"],
+  "public.apply_stripe_object(text,jsonb,jsonb)": ["service_role"],
+  "public.audit_finish(jsonb,bigint,uuid,uuid)": ["service_role"],
+  "public.audit_order(uuid)": ["service_role"],
 };
 
 const PROJECT_SCHEMAS = ["public", "private", "events", "wallet"];

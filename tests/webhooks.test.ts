@@ -597,6 +597,35 @@ ledgerTest(
   },
 );
 
+ledgerTest(
+  "an event about another integration's payment is parked, then ignored once Stripe shows it is not ours",
+  async (stack) => {
+    // a session made by something else on the same Stripe account: no order of ours in its metadata
+    const foreign = await stripeClient().checkout.sessions.create({
+      mode: "payment",
+      ui_mode: "hosted_page",
+      line_items: [{
+        quantity: 1,
+        price_data: { currency: "usd", unit_amount: 900, product_data: { name: "Other" } },
+      }],
+      success_url: "https://other.example.com/done",
+    });
+    const { session } = await stack.stripe!.paySession(foreign.id);
+    const { deliveries } = await stack.stripe!.refundFromDashboard(session.payment_intent as string);
+    assert.ok(deliveries.some((d) => JSON.parse(d.body).status === "parked"), JSON.stringify(deliveries));
+    await stack.db.query(
+      "update public.stripe_webhook_events set received_at = now() - interval '11 minutes' where status = 'parked'",
+    );
+    const report = await reconcile(stack) as unknown as { parked_events: { ignored: number } };
+    assert.ok(report.parked_events.ignored >= 1, JSON.stringify(report));
+    const [left] = await stack.db.query<{ n: number }>(
+      "select count(*)::int as n from public.stripe_webhook_events where status = 'parked' and parked_on = $1",
+      [session.payment_intent],
+    );
+    assert.equal(left.n, 0);
+  },
+);
+
 ledgerTest("the reconciler is for the service role only", async (stack) => {
   const anon = await call(stack, "stripe-reconcile", {}, { key: null });
   assert.equal(anon.status, 403);

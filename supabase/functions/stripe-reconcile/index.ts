@@ -18,6 +18,7 @@ import { handler, json } from "../_shared/http.ts";
 import { type ClaimRow, type Json, stripeOperationStore } from "../_shared/idempotency_store.ts";
 import { log } from "../_shared/log.ts";
 import { isOperationType, runOperation } from "../_shared/operations.ts";
+import { type Stripe, stripeClient } from "../_shared/stripe.ts";
 import { rpc } from "../_shared/supabase.ts";
 
 type Claimed = ClaimRow & { operation_type: string; operation_id: string };
@@ -53,11 +54,45 @@ Deno.serve(handler("stripe-reconcile", async (req, { requestId }) => {
       }
     }
   }
+  const parked = await settleParkedEvents();
   const housekeeping = await rpc<Record<string, Json>>("reconcile_housekeeping", { p_batch_size: 1000 });
-  const report = { settled, needs_attention: needsAttention, ...housekeeping };
+  const report = { settled, needs_attention: needsAttention, parked_events: parked, ...housekeeping };
   log(needsAttention.length || settled.errors ? "warn" : "info", "reconcile report", {
     request_id: requestId,
     ...report,
   });
   return json(200, report);
 }));
+
+/**
+ * Events parked for 10 minutes or more, waiting for a payment we have not recorded: whose payment is it?
+ * Looked up in Stripe: one that is not ours (no order of ours in its metadata) is ignored for good; one that
+ * is ours stays parked until its payment is recorded (by the webhook, or the audit that finds it paid).
+ */
+async function settleParkedEvents(): Promise<{ ignored: number; waiting: number; applied: number }> {
+  const counts = { ignored: 0, waiting: 0, applied: 0 };
+  const parked = await rpc<{ event_id: string; parked_on: string }[]>("claim_parked_events", {});
+  for (const { event_id, parked_on } of parked) {
+    const ours = await isOurPayment(stripeClient(), parked_on);
+    const { status } = await rpc<{ status: string }>("settle_parked_event", {
+      p_event_id: event_id,
+      p_ours: ours,
+    });
+    if (status === "ignored") counts.ignored++;
+    else if (status === "parked") counts.waiting++;
+    else counts.applied++;
+  }
+  return counts;
+}
+
+/** Whether a payment (a PaymentIntent, or a charge's) carries one of our orders in its metadata. */
+async function isOurPayment(stripe: Stripe, id: string): Promise<boolean> {
+  let intentId = id;
+  if (id.startsWith("ch_")) {
+    const charge = await stripe.charges.retrieve(id);
+    if (typeof charge.payment_intent !== "string") return Boolean(charge.metadata?.order_id);
+    intentId = charge.payment_intent;
+  }
+  const intent = await stripe.paymentIntents.retrieve(intentId);
+  return /^[0-9a-f-]{36}$/.test(intent.metadata?.order_id ?? "");
+}

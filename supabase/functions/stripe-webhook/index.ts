@@ -6,6 +6,7 @@ import { HttpError } from "../_shared/errors.ts";
 import { handler, json, readText } from "../_shared/http.ts";
 import { log } from "../_shared/log.ts";
 import { Stripe, STRIPE_API_VERSION, stripeClient } from "../_shared/stripe.ts";
+import { chargeOf } from "../_shared/stripe_events.ts";
 import { rpc } from "../_shared/supabase.ts";
 
 /** Stripe's events are well under this; a larger body is not one of them. */
@@ -49,7 +50,7 @@ Deno.serve(handler("stripe-webhook", async (req, { requestId }) => {
 
   const result = await rpc<{ status: string; error?: string }>("handle_stripe_event", {
     p_event: event,
-    p_charge: await chargeOf(event),
+    p_charge: await chargeOf(stripeClient(), event),
   });
   if (result.status === "failed") {
     log("error", "webhook event failed; Stripe will deliver it again", {
@@ -67,38 +68,6 @@ Deno.serve(handler("stripe-webhook", async (req, { requestId }) => {
   }
   return json(200, { received: true, event_id: event.id, status: result.status });
 }));
-
-/**
- * The charge an event needs, with its balance transaction when Stripe has made it: when the sale's funds
- * become available at Stripe (`available_on`), which payouts wait for (docs/adr/0007). For one of our paid
- * Checkout Sessions, its payment's charge; for `charge.updated`, the charge itself (with asynchronous capture
- * the balance transaction may come after the payment: docs.stripe.com/payments/payment-intents/asynchronous-capture;
- * the sale's funds count as pending until then). Null for other events and others' sessions. Throws when
- * Stripe cannot be reached: the delivery then fails and Stripe sends it again.
- */
-async function chargeOf(event: Stripe.Event): Promise<Stripe.Charge | null> {
-  if (event.type === "charge.updated") {
-    const charge = event.data.object;
-    if (!charge.balance_transaction || typeof charge.balance_transaction !== "string") return null;
-    return await stripeClient().charges.retrieve(charge.id, { expand: ["balance_transaction"] });
-  }
-  if (
-    event.type !== "checkout.session.completed" && event.type !== "checkout.session.async_payment_succeeded"
-  ) {
-    return null;
-  }
-  const session = event.data.object;
-  if (session.payment_status !== "paid" || typeof session.payment_intent !== "string") return null;
-  if (!session.metadata?.order_id) return null; // not one of ours: nothing to ask Stripe
-  const intent = await stripeClient().paymentIntents.retrieve(session.payment_intent, {
-    expand: ["latest_charge.balance_transaction"],
-  });
-  const charge = intent.latest_charge;
-  if (typeof charge !== "object" || charge === null) {
-    throw new Error(`PaymentIntent ${intent.id} of a paid session has no charge`);
-  }
-  return charge;
-}
 
 /**
  * Why a delivery was refused: a bad or missing signature, or a signed "thin" event (`v2.core.event`,
