@@ -84,5 +84,39 @@ const STACK_ENV = [
 
 /** `Deno.test` for tests that use the shared stack: its pooled connections outlive each test. */
 export function stackTest(name: string, fn: () => Promise<void>): void {
-  Deno.test({ name, fn, sanitizeOps: false, sanitizeResources: false });
+  Deno.test({ name, fn: withTimeout(name, fn), sanitizeOps: false, sanitizeResources: false });
+}
+
+/** How long one test may run before it fails rather than stalls the suite (`TEST_TIMEOUT_MS`). */
+const TEST_TIMEOUT_MS = Number(Deno.env.get("TEST_TIMEOUT_MS") || 240_000);
+
+/** `fn`, failing with a clear error once it has run `TEST_TIMEOUT_MS`. */
+export function withTimeout(name: string, fn: () => Promise<void>): () => Promise<void> {
+  return async () => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`'${name}' timed out after ${TEST_TIMEOUT_MS} ms`)),
+        TEST_TIMEOUT_MS,
+      );
+    });
+    try {
+      await Promise.race([fn(), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+}
+
+/** Waits until `condition` holds, checking every 10 ms; throws `what` after `ms`. */
+export async function waitFor(
+  what: string,
+  condition: () => boolean | Promise<boolean>,
+  ms = 5000,
+): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`Timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
 }

@@ -24,7 +24,7 @@ import {
   withIdempotencyKey,
 } from "../supabase/functions/_shared/idempotency_http.ts";
 import { stripeClient } from "../supabase/functions/_shared/stripe.ts";
-import { sharedStack, stackTest } from "./_helpers.ts";
+import { sharedStack, stackTest, waitFor } from "./_helpers.ts";
 
 const uid = () => crypto.randomUUID();
 
@@ -298,7 +298,17 @@ stackTest("inbound: the same key while the first runs is 409 with Retry-After", 
   let open!: () => void;
   gate = new Promise((r) => (open = r));
   const first = send(key, { a: 1 });
-  await new Promise((r) => setTimeout(r, 100));
+  // the first request holds its key (and waits at the gate) before the second is sent
+  const stack = await sharedStack();
+  await waitFor(
+    "the first request to claim its key",
+    async () =>
+      (await stack.db.query(
+        "select 1 from public.idempotency_keys where key = $1 and status = 'in_progress'",
+        [key],
+      ))
+        .length === 1,
+  );
   const second = await send(key, { a: 1 });
   assert.equal(second.status, 409);
   assert.ok(Number(second.headers.get("retry-after")) >= 1);

@@ -224,7 +224,7 @@ stackTest(
       values ('purge:test', ${tag}::text || ':running', 'purge:test:' || ${tag}::text || ':running', 'in_progress',
         now() - interval '1 hour', now() - interval '1 day', jsonb_build_object('tag', ${tag}::text))`;
       let deleted = 0;
-      for (;;) {
+      for (let batch = 0; batch < 100; batch++) {
         const [{ r }] = await sql`select public.purge_expired_idempotency(10) as r`;
         assert.ok(r.stripe_operations <= 10);
         deleted += r.stripe_operations;

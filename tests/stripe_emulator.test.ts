@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { Stripe } from "../supabase/functions/_shared/stripe.ts";
 import { ENDPOINTS } from "../tools/local/stripe_emulator/routes.ts";
+import { waitFor, withTimeout } from "./_helpers.ts";
 import {
   type EmulatorOptions,
   startStripeEmulator,
@@ -133,7 +134,7 @@ function emulatorTest(
   fn: (emu: StripeEmulator, stripe: Stripe, hook: Hook) => Promise<void>,
   options: Partial<EmulatorOptions> = {},
 ) {
-  Deno.test(name, () => withEmulator(fn, options));
+  Deno.test(name, withTimeout(name, () => withEmulator(fn, options)));
 }
 
 emulatorTest(
@@ -173,9 +174,13 @@ emulatorTest("same key on another endpoint is an idempotency_error", async (_emu
 emulatorTest(
   "a key still executing answers 409 idempotency_key_in_use, then replays",
   async (emu, stripe) => {
-    emu.addFault({ kind: "latency", ms: 300, path: "/v1/checkout/sessions" });
+    emu.addFault({ kind: "latency", ms: 2000, path: "/v1/checkout/sessions" });
     const first = stripe.checkout.sessions.create(session(), { idempotencyKey: "k-inflight" });
-    await new Promise((r) => setTimeout(r, 50));
+    // the first request is executing (its key held) while the emulator pauses it
+    await waitFor(
+      "the first request to reach the emulator",
+      () => emu.requests.some((r) => r.idempotencyKey === "k-inflight" && r.fault === "latency"),
+    );
     await assert.rejects(
       stripe.checkout.sessions.create(session(), { idempotencyKey: "k-inflight" }),
       (e: Stripe.errors.StripeError) => e.statusCode === 409 && e.code === "idempotency_key_in_use",
