@@ -27,7 +27,14 @@ const child = new Deno.Command(Deno.execPath(), {
   env: { TEST_ADMIN_URL: adminUrl, TEST_DB_PREFIX: prefix, LOG_LEVEL: Deno.env.get("LOG_LEVEL") ?? "error" },
   stdin: "null",
 }).spawn();
+// A whole run that outlives this is stuck somewhere: it fails instead of stalling CI.
+const RUN_TIMEOUT_MS = Number(Deno.env.get("TEST_RUN_TIMEOUT_MS") || 14 * 60_000);
+const watchdog = setTimeout(() => {
+  console.error(`npm test: the run exceeded ${RUN_TIMEOUT_MS} ms and was stopped`);
+  child.kill("SIGKILL");
+}, RUN_TIMEOUT_MS);
 const { code } = await child.status;
+clearTimeout(watchdog);
 
 const leftovers = await admin<{ datname: string }[]>`
   select datname from pg_database where datname like ${prefix + "%"}`;
