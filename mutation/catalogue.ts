@@ -517,7 +517,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-fraudulent-admin",
     "area": "money",
-    "file": "supabase/migrations/20261128000800_refund_recovery.sql",
+    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
     "fn": "public.create_refund",
     "find": "    if p_reason = 'fraudulent' and not coalesce(p_is_admin, false) then",
     "replace": "    if false then",
@@ -533,7 +533,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-refund-owner",
     "area": "money",
-    "file": "supabase/migrations/20261128000800_refund_recovery.sql",
+    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
     "fn": "public.create_refund",
     "find":
       "    if v_order.id is null or not (coalesce(p_is_admin, false) or v_organiser = p_requested_by) then",
@@ -550,7 +550,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-refund-paid",
     "area": "money",
-    "file": "supabase/migrations/20261128000800_refund_recovery.sql",
+    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
     "fn": "public.create_refund",
     "find": "    if v_order.status not in ('paid', 'partially_refunded') then",
     "replace": "    if false then",
@@ -565,7 +565,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-refundable",
     "area": "money",
-    "file": "supabase/migrations/20261128000800_refund_recovery.sql",
+    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
     "fn": "public.create_refund",
     "find": "    if v_amount > v_refundable or v_amount <= 0 then",
     "replace": "    if v_amount <= 0 then",
@@ -581,7 +581,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-refund-in-flight",
     "area": "money",
-    "file": "supabase/migrations/20261128000800_refund_recovery.sql",
+    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
     "fn": "public.create_refund",
     "find":
       "    from events.refunds r where r.order_id = p_order_id and r.status in ('pending', 'requires_action', 'succeeded');",
@@ -596,7 +596,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-recovery-cover",
     "area": "money",
-    "file": "supabase/migrations/20261128000800_refund_recovery.sql",
+    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
     "fn": "public.create_refund",
     "find": "      if v_recoverable < v_shortfall then",
     "replace": "      if false then",
@@ -610,7 +610,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-recovery-admin",
     "area": "money",
-    "file": "supabase/migrations/20261128000800_refund_recovery.sql",
+    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
     "fn": "public.create_refund",
     "find": "    if v_shortfall > 0 and not coalesce(p_is_admin, false) then",
     "replace": "    if false then",
@@ -626,7 +626,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-refund-held",
     "area": "money",
-    "file": "supabase/migrations/20261128000800_refund_recovery.sql",
+    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
     "fn": "public.create_refund",
     "find": "    update public.stripe_idempotency_keys k set locked_until = 'infinity'",
     "replace": "    update public.stripe_idempotency_keys k set locked_until = now()",
@@ -640,7 +640,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-recovery-failed",
     "area": "money",
-    "file": "supabase/migrations/20261128000800_refund_recovery.sql",
+    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
     "fn": "private.settle_refund_recovery",
     "find": "  if v_failed then",
     "replace": "  if false then",
@@ -731,7 +731,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-refund-reopen",
     "area": "money",
-    "file": "supabase/migrations/20261128000700_ledger_from_stripe.sql",
+    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
     "fn": "private.apply_refund_status",
     "find": "    if not coalesce(v_reopen, false) then",
     "replace": "    if false then",
@@ -1252,6 +1252,86 @@ export const CATALOGUE: Mutation[] = [
     "tests": [
       "tests/webhooks.test.ts",
     ],
+    "subsets": [],
+    "equivalent": undefined,
+  },
+  {
+    "id": "sql-refund-monotone",
+    "area": "money",
+    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
+    "fn": "private.apply_refund_status",
+    "find": "  elsif private.refund_status_rank(p_status) < private.refund_status_rank(v_refund.status) then",
+    "replace": "  elsif false then",
+    "what": "an older refund event delivered late moves a finished refund back to pending",
+    "tests": [
+      "tests/ledger_outside.test.ts",
+    ],
+    "filter": "F1",
+    "subsets": [],
+    "equivalent": undefined,
+  },
+  {
+    "id": "sql-recovery-own-share",
+    "area": "money",
+    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
+    "fn": "public.create_refund",
+    "find":
+      "    v_shortfall := least(v_before - v_wallet.entries_total_cents, greatest(0, -(v_wallet.entries_total_cents",
+    "replace":
+      "    v_shortfall := least(v_before - v_wallet.entries_total_cents + 1000000, greatest(0, -(v_wallet.entries_total_cents",
+    "what": "a refund after a payout recovers an older debt (a dispute's) with its own share",
+    "tests": [
+      "tests/ledger_outside.test.ts",
+    ],
+    "filter": "F3",
+    "subsets": [],
+    "equivalent": undefined,
+  },
+  {
+    "id": "sql-recovery-in-flight",
+    "area": "money",
+    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
+    "fn": "public.create_refund",
+    "find":
+      "                  where p.organiser_id = v_organiser and p.currency = v_order.currency and v.status = 'pending'), 0))));",
+    "replace":
+      "                  where p.organiser_id = v_organiser and p.currency = v_order.currency and false), 0))));",
+    "what": "reversals already on their way back are recovered a second time",
+    "tests": [
+      "tests/ledger_outside.test.ts",
+    ],
+    "filter": "F2",
+    "subsets": [],
+    "equivalent": undefined,
+  },
+  {
+    "id": "sql-recovery-abandon",
+    "area": "money",
+    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
+    "fn": "private.settle_refund_recovery",
+    "find":
+      "    where v.refund_id = p_refund_id and v.status = 'pending' and k.operation_type = 'transfer_reversal:create'",
+    "replace": "    where false and k.operation_type = 'transfer_reversal:create'",
+    "what": "a refused refund's other reversals are still sent later",
+    "tests": [
+      "tests/ledger_outside.test.ts",
+    ],
+    "filter": "F7",
+    "subsets": [],
+    "equivalent": undefined,
+  },
+  {
+    "id": "ts-audit-refund-status",
+    "area": "money",
+    "file": "supabase/functions/stripe-audit/index.ts",
+    "fn": undefined,
+    "find": "      differs(held.refunds).length === 0 && held.refunded_cents === succeeded",
+    "replace": "      true && held.refunded_cents === succeeded",
+    "what": "the audit compares refunded totals only, not each refund's status",
+    "tests": [
+      "tests/ledger_outside.test.ts",
+    ],
+    "filter": "F4",
     "subsets": [],
     "equivalent": undefined,
   },

@@ -16,8 +16,12 @@ import { rpc } from "../_shared/supabase.ts";
 
 /** Orders and payouts compared per run. */
 const BATCH = 100;
-/** Events read per run at most; more are reported (the cursor still moves to the newest). */
+/** Events applied per run at most (the rest, newer, on the next run). */
 const MAX_EVENTS = 1000;
+/** Events read per run at most; more are reported. */
+const MAX_EVENTS_READ = 20_000;
+/** How long Stripe lists events (GET /v1/events: 30 days). */
+const EVENTS_KEPT_SECONDS = 30 * 86_400;
 /** Seconds of overlap with the previous run's events (clock skew, events created while it ran). */
 const OVERLAP_SECONDS = 300;
 
@@ -30,6 +34,8 @@ interface AuditedOrder {
   stripe_session_id: string;
   stripe_payment_intent_id: string | null;
   stripe_charge_id: string | null;
+  /** Our refunds of the order that Stripe made: id -> status. */
+  refunds: Record<string, string>;
 }
 
 interface AuditedPayout {
@@ -51,25 +57,29 @@ Deno.serve(handler("stripe-audit", async (req, { requestId }) => {
   const apply = async (type: string, object: unknown, charge: Stripe.Charge | null = null) =>
     await rpc<Json>("apply_stripe_object", { p_type: type, p_object: object, p_charge: charge });
 
-  // 1. Stripe's events the webhook never got, oldest first
+  // 1. Stripe's events the webhook never got, oldest first (Stripe lists newest first: all of them since the
+  //    cursor are read, then at most MAX_EVENTS applied; the cursor moves to the last one applied)
+  const now = Math.floor(Date.now() / 1000);
+  const since = Math.max(state.events_since - OVERLAP_SECONDS, now - EVENTS_KEPT_SECONDS);
   const events: Stripe.Event[] = [];
-  for await (
-    const event of stripe.events.list({ created: { gte: Math.max(0, state.events_since - OVERLAP_SECONDS) } })
-  ) {
+  for await (const event of stripe.events.list({ created: { gte: since }, limit: 100 })) {
     events.push(event);
-    if (events.length >= MAX_EVENTS) {
+    if (events.length >= MAX_EVENTS_READ) {
       discrepancies.push({
         kind: "events-truncated",
-        detail: `more than ${MAX_EVENTS} events since the last run`,
+        detail: `more than ${MAX_EVENTS_READ} events since ${since}`,
       });
       break;
     }
   }
   events.sort((a, b) => a.created - b.created);
   let newest = state.events_since;
-  for (const event of events) {
+  for (const event of events.slice(0, MAX_EVENTS)) {
     newest = Math.max(newest, event.created);
-    if (event.api_version && event.api_version !== STRIPE_API_VERSION) continue; // not a shape we read
+    if (event.api_version && event.api_version !== STRIPE_API_VERSION) {
+      discrepancies.push({ kind: "event-api-version", event_id: event.id, api_version: event.api_version });
+      continue;
+    }
     const result = await rpc<{ status: string; error?: string }>("handle_stripe_event", {
       p_event: event,
       p_charge: await chargeOf(stripe, event),
@@ -119,23 +129,45 @@ Deno.serve(handler("stripe-audit", async (req, { requestId }) => {
         ledger_cents: order.total_cents,
       });
     }
-    const disputes = await collect(stripe.disputes.list({ charge: charge.id, limit: 100 }));
+    // each refund's status against Stripe's (a refund we hold pending that Stripe failed, or the reverse),
+    // and what disputes withdrew
+    const refunds =
+      charge.amount_refunded > 0 || order.refunded_cents > 0 || Object.keys(order.refunds).length > 0
+        ? await collect(stripe.refunds.list({ charge: charge.id, limit: 100 }))
+        : [];
+    const disputes = charge.disputed || order.disputed_cents > 0
+      ? await collect(stripe.disputes.list({ charge: charge.id, limit: 100 }))
+      : [];
     const disputed = disputes.reduce((n, d) => n + withdrawn(d), 0);
-    if (charge.amount_refunded === order.refunded_cents && disputed === order.disputed_cents) continue;
-    for (const refund of await collect(stripe.refunds.list({ charge: charge.id, limit: 100 }))) {
-      await apply("refund.updated", refund);
-    }
+    // (charge.amount_refunded counts pending refunds, our refunded_cents only succeeded ones)
+    const succeeded = Math.min(
+      refunds.filter((r) => r.status === "succeeded").reduce((n, r) => n + r.amount, 0),
+      order.total_cents,
+    );
+    const differs = (held: Record<string, string>) => refunds.filter((r) => held[r.id] !== r.status);
+    const agreesWith = (held: AuditedOrder) =>
+      differs(held.refunds).length === 0 && held.refunded_cents === succeeded &&
+      held.disputed_cents === disputed;
+    if (agreesWith(order)) continue;
+    for (const refund of differs(order.refunds)) await apply("refund.updated", refund);
     for (const dispute of disputes) await apply("charge.dispute.updated", dispute);
     const now = await rpc<AuditedOrder>("audit_order", { p_order_id: order.order_id });
     const figures = {
       order_id: order.order_id,
       charge: charge.id,
-      stripe: { refunded_cents: charge.amount_refunded, disputed_cents: disputed },
-      before: { refunded_cents: order.refunded_cents, disputed_cents: order.disputed_cents },
-      after: { refunded_cents: now.refunded_cents, disputed_cents: now.disputed_cents },
+      stripe: {
+        refunded_cents: succeeded,
+        refunds: Object.fromEntries(refunds.map((r) => [r.id, r.status])),
+        disputed_cents: disputed,
+      },
+      before: {
+        refunded_cents: order.refunded_cents,
+        refunds: order.refunds,
+        disputed_cents: order.disputed_cents,
+      },
+      after: { refunded_cents: now.refunded_cents, refunds: now.refunds, disputed_cents: now.disputed_cents },
     };
-    const agrees = now.refunded_cents === charge.amount_refunded && now.disputed_cents === disputed;
-    (agrees ? repaired : discrepancies).push({ kind: "order-money", ...figures });
+    (agreesWith(now) ? repaired : discrepancies).push({ kind: "order-money", ...figures });
   }
 
   // 3. payouts against their transfers
