@@ -92,6 +92,7 @@ async function run(m: Mutation, dir: string): Promise<{ outcome: Outcome; second
     if (/exceeded .* ms and was stopped/.test(out) || code === 137) {
       return { outcome: "timed out", seconds, detail: "" };
     }
+    // deno-lint-ignore no-control-regex -- the terminal's colour codes, removed
     const failed = out.match(/^(.+?) \.\.\. .*FAILED/m)?.[1]?.replace(/\x1b\[[0-9;]*m/g, "") ?? "";
     return { outcome: code === 0 ? "survived" : "killed", seconds, detail: failed };
   } finally {
