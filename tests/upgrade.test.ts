@@ -750,7 +750,7 @@ function upgradeTest(name: string, fn: (u: Upgraded) => void | Promise<void>): v
 }
 
 upgradeTest(
-  "the phase's migrations upgrade a database of the old schema's rows: none lost, money unchanged to the cent, again a no-op",
+  "the phase's migrations upgrade a database of the old schema's rows: none lost, money unchanged to the cent but for the rule settling an old order, again a no-op",
   (u) => {
     assert.ok(oldFiles.length > 0 && newFiles.length > 0, `old ${oldFiles.length}, new ${newFiles.length}`);
     assert.ok(newFiles[0] > oldFiles.at(-1)!, "every migration of the phase sorts after the old schema's");
@@ -836,9 +836,29 @@ upgradeTest(
     const surviving = new Map(
       [...u.columnsBefore].map(([t, cols]) => [t, cols.filter((c) => u.columnsAfter.get(t)!.includes(c))]),
     );
+    // but for the one entry that migration 20261128001100 posts: the cent back to the organiser of `partial`
+    const settled = u.rowsAfter["wallet.wallet_transactions"].filter((t) =>
+      t.source === "migration 20261128001100"
+    );
+    assert.deepEqual(
+      settled.map((t) => [t.order_id, t.type, t.amount_cents]),
+      [[o.partial.orderId, "adjustment", 1]],
+      "the old order a cent off the rule is settled by it, and no other",
+    );
+    const rowsAfter = {
+      ...u.rowsAfter,
+      "wallet.wallet_transactions": u.rowsAfter["wallet.wallet_transactions"].filter((t) =>
+        !settled.includes(t)
+      ),
+      "wallet.wallets": u.rowsAfter["wallet.wallets"].map((w) =>
+        w.organiser_id === u.old.organiser
+          ? { ...w, entries_total_cents: Number(w.entries_total_cents) - 1 }
+          : w
+      ),
+    };
     const counts = (rows: Rows) => Object.fromEntries([...surviving.keys()].map((t) => [t, rows[t].length]));
-    assert.deepEqual(counts(u.rowsAfter), counts(u.rowsBefore), "rows per table");
-    const after = project(u.rowsAfter, surviving);
+    assert.deepEqual(counts(rowsAfter), counts(u.rowsBefore), "rows per table");
+    const after = project(rowsAfter, surviving);
     for (const [table, rows] of Object.entries(project(u.rowsBefore, surviving))) {
       assert.deepEqual(after[table], rows, `${table}: the rows' surviving values`);
     }
@@ -861,8 +881,25 @@ upgradeTest(
     );
     assert.deepEqual([settings.service_fee_flat_cents, settings.payout_minimum_cents], [199, 500]);
 
-    // the money, per wallet, order, tier, payout and refund, to the cent
-    assert.deepEqual(u.moneyAfter, before);
+    // the money, per wallet, order, tier, payout and refund, to the cent: as before, but `partial` now nets
+    // exactly the rule (its organiser's wallet a cent more, in one more entry)
+    assert.equal(u.moneyAfter.orders[o.partial.orderId].net, expectedNet(o.partial, 1501));
+    const wallet = `${u.old.organiser}/usd`;
+    const w = before.wallets[wallet];
+    assert.deepEqual(u.moneyAfter, {
+      ...before,
+      wallets: {
+        ...before.wallets,
+        [wallet]: { ...w, entries: w.entries + 1, sum: w.sum + 1, count: w.count + 1 },
+      },
+      orders: {
+        ...before.orders,
+        [o.partial.orderId]: {
+          ...before.orders[o.partial.orderId],
+          net: before.orders[o.partial.orderId].net + 1,
+        },
+      },
+    });
 
     // applying every migration and the seed again changes nothing
     assert.deepEqual(u.schemaAgain, u.schemaAfter);
@@ -928,7 +965,8 @@ upgradeTest(
     }]);
 
     // the organiser's wallet as get_wallet answers now: the old sales carry no funds date, so they count
-    // as available (create_payout still checks the platform's balance at Stripe)
+    // as available (create_payout still checks the platform's balance at Stripe); the cent that migration
+    // 20261128001100 gave back is in it
     const before = moneyBefore.wallets[`${old.organiser}/usd`];
     const wallet = await asUser<Record<string, unknown>>(
       db,
@@ -937,8 +975,8 @@ upgradeTest(
     );
     assert.deepEqual(wallet, {
       currency: "usd",
-      balance_cents: before.entries,
-      available_cents: before.entries,
+      balance_cents: before.entries + 1,
+      available_cents: before.entries + 1,
       pending_funds_cents: 0,
       pending_payout_cents: 0,
     });
