@@ -103,7 +103,9 @@ Deno.test("functions host: verify_jwt takes legacy HS256 JWTs only, as the platf
     const refused = {
       forged: await signJwt("another-secret-that-is-long-enough!!", { role: "anon" }),
       expired: await signJwt(DEFAULT_JWT_SECRET, { role: "anon", exp: 1 }),
-      "ES256 user token": await userToken(keys, "22222222-2222-4222-8222-222222222222"),
+      "ES256 user token": await userToken(keys, "22222222-2222-4222-8222-222222222222", {
+        issuer: "http://127.0.0.1:54321/auth/v1",
+      }),
       "publishable key": keys.publishableKey,
     };
     for (const [what, token] of Object.entries(refused)) {
