@@ -81,7 +81,24 @@ Deno.test("clientAddress: only the header CLIENT_IP_HEADER names, its last hop, 
   withHeader("CF-Connecting-IP", () => {
     assert.equal(clientAddress(req(both)), "203.0.113.9");
     assert.equal(clientAddress(req({ "x-forwarded-for": "198.51.100.7" })), undefined);
-    assert.equal(clientAddress(req({ "cf-connecting-ip": "not an address; drop table" })), undefined);
+    // present but not an IP address (node:net isIP): one shared bucket, never "no address"
+    for (
+      const junk of [
+        "not an address; drop table",
+        "cafe",
+        "bead",
+        "a",
+        ".",
+        "",
+        "1.2.3",
+        "999.1.1.1",
+        "1.2.3.4:80",
+      ]
+    ) {
+      assert.equal(clientAddress(req({ "cf-connecting-ip": junk })), "invalid", JSON.stringify(junk));
+    }
+    assert.equal(clientAddress(req({ "cf-connecting-ip": " 192.0.2.1 " })), "192.0.2.1");
+    assert.equal(clientAddress(req({ "cf-connecting-ip": "[2001:db8::1]" })), "2001:db8:0:0::/64");
   });
   withHeader("x-forwarded-for", () => {
     assert.equal(clientAddress(req(both)), "198.51.100.7");
