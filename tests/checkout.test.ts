@@ -454,6 +454,22 @@ stackTest(
   },
 );
 
+stackTest("the request id a function answers and logs is its own, never one the client sent", async () => {
+  const stack = await sharedStack();
+  const chosen = { "sb-request-id": "someone-elses-request-id", "x-request-id": "someone-elses-request-id" };
+  const refused = await call(stack, "enhanced-checkout", gaOrder(1), { token: null, headers: chosen });
+  const done = await call(stack, "enhanced-checkout", gaOrder(1), {
+    token: await stack.userToken(BUYER),
+    headers: chosen,
+  });
+  assert.deepEqual([refused.status, done.status], [401, 201]);
+  for (const answer of [refused, done]) {
+    assert.match(answer.headers.get("x-request-id") ?? "", /^[0-9a-f-]{36}$/);
+  }
+  assert.equal(refused.body.request_id, refused.headers.get("x-request-id"));
+  assert.notEqual(refused.headers.get("x-request-id"), done.headers.get("x-request-id"));
+});
+
 stackTest(
   "get_order: the buyer and the event's organiser see the order, nobody else learns it exists",
   async () => {

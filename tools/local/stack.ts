@@ -12,7 +12,7 @@ import {
   type FunctionsHost,
   readConfig,
 } from "./functions_host.ts";
-import { CORS_HEADERS, problem, requestIdOf } from "./http.ts";
+import { CORS_HEADERS, newRequestId, problem } from "./http.ts";
 import {
   DEFAULT_JWT_SECRET,
   issuerOf,
@@ -222,7 +222,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
           status: 404,
           type: "not-found",
           detail: "No route: try /functions/v1/<name>, /rest/v1/rpc/<fn> or /auth/v1/.well-known/jwks.json",
-          requestId: requestIdOf(req),
+          requestId: newRequestId(),
         });
       });
     } catch (e) {

@@ -92,10 +92,14 @@ export async function readJson(req: Request, maxBytes = MAX_BODY_BYTES): Promise
   }
 }
 
-/** The request's id: the platform's `sb-request-id` or `x-request-id` when sent, else a new UUID. */
-export function requestIdOf(req: Request): string {
-  const given = req.headers.get("sb-request-id") ?? req.headers.get("x-request-id");
-  return given && /^[\w.:-]{1,128}$/.test(given) ? given : crypto.randomUUID();
+/**
+ * The platform's id for the request (`sb-request-id`), to be logged next to ours, when it is a sane
+ * token. Never our request id: whether the platform overwrites a client's `sb-request-id` is not
+ * documented, and a client must not choose the id we log and answer.
+ */
+export function platformRequestIdOf(req: Request): string | undefined {
+  const given = req.headers.get("sb-request-id");
+  return given && /^[\w.:-]{1,128}$/.test(given) ? given : undefined;
 }
 
 /** The address of every request whose client-address header is present but holds no IP address. */
@@ -151,15 +155,15 @@ export interface Context {
 /**
  * Wraps a POST handler for `Deno.serve`: answers OPTIONS, refuses other methods with 405, turns a
  * thrown `HttpError` into problem+json and anything else into a bare 500 (logged, never echoed),
- * and adds CORS and `X-Request-Id` to every response.
+ * and adds CORS and `X-Request-Id` (a new id per request) to every response.
  */
 export function handler(
   name: string,
   fn: (req: Request, ctx: Context) => Promise<Response>,
 ): (req: Request, info?: Deno.ServeHandlerInfo) => Promise<Response> {
   return (req, info) => {
-    const requestId = requestIdOf(req);
-    return withRequestId(requestId, () => handle(req, info, requestId));
+    const requestId = crypto.randomUUID();
+    return withRequestId(requestId, () => handle(req, info, requestId), platformRequestIdOf(req));
   };
 
   async function handle(req: Request, info: Deno.ServeHandlerInfo | undefined, requestId: string) {
