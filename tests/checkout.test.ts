@@ -396,6 +396,81 @@ stackTest(
 );
 
 stackTest(
+  "guests with a client-address header that is not an IP address share one bucket (ip:invalid), limited like one address",
+  async () => {
+    const stack = await sharedStack();
+    const organiser = await newOrganiser(stack);
+    await stack.db.query("update private.settings set guest_checkouts_per_ip_per_minute = 3");
+    try {
+      const statuses: string[] = [];
+      for (const junk of ["not-an-ip-1", "cafe", "999.1.1.1", "1.2.3", "a"]) {
+        const answer = await call(stack, "guest-checkout", {
+          event_id: organiser.eventId,
+          items: [{ tier_id: organiser.tierId, quantity: 1 }],
+          email: `junk-${uid()}@example.com`,
+        }, { headers: { "cf-connecting-ip": junk } });
+        statuses.push(`${junk}:${answer.status}`);
+      }
+      assert.deepEqual(statuses, ["not-an-ip-1:201", "cafe:201", "999.1.1.1:201", "1.2.3:429", "a:429"]);
+      assert.equal(await count(stack, "select from private.rate_limits where bucket = 'ip:invalid'"), 1);
+    } finally {
+      await stack.db.query("update private.settings set guest_checkouts_per_ip_per_minute = 30");
+    }
+  },
+);
+
+stackTest(
+  "guests without any client address are limited per event (guest_checkouts_per_event_per_minute); signed-in buyers are not",
+  async () => {
+    const stack = await sharedStack();
+    const [organiser, other] = [await newOrganiser(stack), await newOrganiser(stack)];
+    const guest = (o: typeof organiser) =>
+      call(stack, "guest-checkout", {
+        event_id: o.eventId,
+        items: [{ tier_id: o.tierId, quantity: 1 }],
+        email: `rotating-${uid()}@example.com`, // a new email every time: the per-email limit never bites
+      });
+    const [{ limit }] = await stack.db.query<{ limit: number }>(
+      "select guest_checkouts_per_event_per_minute as limit from private.settings",
+    );
+    assert.equal(limit, 60, "the default");
+    await stack.db.query("update private.settings set guest_checkouts_per_event_per_minute = 3");
+    try {
+      const answers = [];
+      for (let i = 0; i < 4; i++) answers.push(await guest(organiser));
+      assert.deepEqual(answers.map((a) => a.status), [201, 201, 201, 429]);
+      const limited = answers[3];
+      assert.equal(limited.body.type, "/problems/rate-limited");
+      assert.ok(Number(limited.headers.get("retry-after")) >= 1);
+      const signedIn = await call(stack, "enhanced-checkout", {
+        event_id: organiser.eventId,
+        items: [{ tier_id: organiser.tierId, quantity: 1 }],
+      }, { token: await stack.userToken(BUYER) });
+      assert.equal(signedIn.status, 201, "signed-in buyers do not count");
+      assert.equal((await guest(other)).status, 201, "another event has its own limit");
+    } finally {
+      await stack.db.query("update private.settings set guest_checkouts_per_event_per_minute = 60");
+    }
+  },
+);
+
+stackTest("the request id a function answers and logs is its own, never one the client sent", async () => {
+  const stack = await sharedStack();
+  const chosen = { "sb-request-id": "someone-elses-request-id", "x-request-id": "someone-elses-request-id" };
+  const refused = await call(stack, "enhanced-checkout", gaOrder(1), { token: null, headers: chosen });
+  const done = await call(stack, "enhanced-checkout", gaOrder(1), {
+    token: await stack.userToken(BUYER),
+    headers: chosen,
+  });
+  assert.deepEqual([refused.status, done.status], [401, 201]);
+  for (const answer of [refused, done]) {
+    assert.match(answer.headers.get("x-request-id") ?? "", /^[0-9a-f-]{36}$/);
+  }
+  assert.equal(refused.body.request_id, refused.headers.get("x-request-id"));
+  assert.notEqual(refused.headers.get("x-request-id"), done.headers.get("x-request-id"));
+});
+
+stackTest(
   "get_order: the buyer and the event's organiser see the order, nobody else learns it exists",
   async () => {
     const stack = await sharedStack();

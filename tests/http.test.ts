@@ -81,7 +81,24 @@ Deno.test("clientAddress: only the header CLIENT_IP_HEADER names, its last hop, 
   withHeader("CF-Connecting-IP", () => {
     assert.equal(clientAddress(req(both)), "203.0.113.9");
     assert.equal(clientAddress(req({ "x-forwarded-for": "198.51.100.7" })), undefined);
-    assert.equal(clientAddress(req({ "cf-connecting-ip": "not an address; drop table" })), undefined);
+    // present but not an IP address (node:net isIP): one shared bucket, never "no address"
+    for (
+      const junk of [
+        "not an address; drop table",
+        "cafe",
+        "bead",
+        "a",
+        ".",
+        "",
+        "1.2.3",
+        "999.1.1.1",
+        "1.2.3.4:80",
+      ]
+    ) {
+      assert.equal(clientAddress(req({ "cf-connecting-ip": junk })), "invalid", JSON.stringify(junk));
+    }
+    assert.equal(clientAddress(req({ "cf-connecting-ip": " 192.0.2.1 " })), "192.0.2.1");
+    assert.equal(clientAddress(req({ "cf-connecting-ip": "[2001:db8::1]" })), "2001:db8:0:0::/64");
   });
   withHeader("x-forwarded-for", () => {
     assert.equal(clientAddress(req(both)), "198.51.100.7");
@@ -95,13 +112,14 @@ Deno.test("clientAddress: only the header CLIENT_IP_HEADER names, its last hop, 
   });
 });
 
-Deno.test("every log line and every problem body carries the request's id, also when written deep in the handler", async () => {
+Deno.test("every log line and every problem body carries the request's own id, never one the client chose; the platform's sb-request-id is logged apart", async () => {
   const lines: string[] = [];
   const [out, err] = [console.log, console.error];
   console.log = console.error = (line: string) => lines.push(line);
   const logLevel = Deno.env.get("LOG_LEVEL");
   Deno.env.set("LOG_LEVEL", "debug");
   let stored = "";
+  let id = "";
   try {
     const deep = handler("deep", async () => {
       await Promise.resolve();
@@ -110,17 +128,33 @@ Deno.test("every log line and every problem body carries the request's id, also 
       throw new HttpError(409, "sold-out", "Sold out");
     });
     const res = await deep(
-      new Request("http://x/", { method: "POST", headers: { "x-request-id": "req-42" } }),
+      new Request("http://x/", {
+        method: "POST",
+        headers: { "x-request-id": "req-42", "sb-request-id": "sb-req-42" },
+      }),
     );
-    assert.equal((await res.json()).request_id, "req-42");
+    id = (await res.json()).request_id;
+    assert.match(id, /^[0-9a-f-]{36}$/, "a new id, not the client's");
+    assert.equal(res.headers.get("x-request-id"), id);
+    assert.equal(JSON.parse(stored).request_id, id);
+    // an sb-request-id that is no sane token is not logged
+    const odd = await deep(
+      new Request("http://x/", { method: "POST", headers: { "sb-request-id": "a b;c" } }),
+    );
+    await odd.body?.cancel();
   } finally {
     console.log = out;
     console.error = err;
     logLevel === undefined ? Deno.env.delete("LOG_LEVEL") : Deno.env.set("LOG_LEVEL", logLevel);
   }
-  assert.equal(JSON.parse(stored).request_id, "req-42");
-  assert.equal(lines.length, 2);
-  for (const line of lines) assert.equal(JSON.parse(line).request_id, "req-42");
+  assert.equal(lines.length, 4);
+  for (const line of lines.slice(0, 2)) {
+    assert.deepEqual([JSON.parse(line).request_id, JSON.parse(line).platform_request_id], [id, "sb-req-42"]);
+  }
+  for (const line of lines.slice(2)) {
+    assert.notEqual(JSON.parse(line).request_id, id, "each request its own id");
+    assert.equal(JSON.parse(line).platform_request_id, undefined);
+  }
 });
 
 Deno.test("log redacts Supabase secret keys, Stripe keys and JWTs", () => {

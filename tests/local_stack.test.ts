@@ -103,7 +103,9 @@ Deno.test("functions host: verify_jwt takes legacy HS256 JWTs only, as the platf
     const refused = {
       forged: await signJwt("another-secret-that-is-long-enough!!", { role: "anon" }),
       expired: await signJwt(DEFAULT_JWT_SECRET, { role: "anon", exp: 1 }),
-      "ES256 user token": await userToken(keys, "22222222-2222-4222-8222-222222222222"),
+      "ES256 user token": await userToken(keys, "22222222-2222-4222-8222-222222222222", {
+        issuer: "http://127.0.0.1:54321/auth/v1",
+      }),
       "publishable key": keys.publishableKey,
     };
     for (const [what, token] of Object.entries(refused)) {
@@ -253,9 +255,12 @@ Deno.test("a request unanswered past the idle timeout is 504", () =>
 Deno.test("no client-address header reaches a function unless the deployment names it; none is invented", async () => {
   const sent = { "x-forwarded-for": "6.6.6.6", "cf-connecting-ip": "7.7.7.7", "x-real-ip": "8.8.8.8" };
   await withHost(async ({ url }) => {
-    const { headers } = (await probe(url, "", sent)).body as { headers: Record<string, string> };
+    const answer = await probe(url, "", { ...sent, "sb-request-id": "chosen", "x-request-id": "chosen" });
+    const { headers } = answer.body as { headers: Record<string, string> };
     for (const h of [...Object.keys(sent), "forwarded", "true-client-ip"]) assert.ok(!(h in headers), h);
-    assert.ok(headers["x-request-id"], "the request id is passed on");
+    // the host's own request id, as the platform's sb-request-id; never the client's
+    assert.match(headers["sb-request-id"], /^[0-9a-f-]{36}$/);
+    assert.equal(answer.headers.get("x-request-id"), headers["sb-request-id"]);
   });
   await withHost(async ({ url }) => {
     const { headers } = (await probe(url, "", sent)).body as { headers: Record<string, string> };

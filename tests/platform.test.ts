@@ -230,8 +230,13 @@ Deno.test({
     const stack = await isolatedStack("legacyoff", {
       legacyKeys: false,
       signingKey,
-      // an old deployment: the functions know only the legacy service_role key
-      functionEnv: { SUPABASE_SECRET_KEYS: null, SUPABASE_SERVICE_ROLE_KEY: serviceRoleKey },
+      // an old deployment: the functions know only the legacy service_role key, and nobody set
+      // LEGACY_API_KEYS=off for them
+      functionEnv: {
+        SUPABASE_SECRET_KEYS: null,
+        SUPABASE_SERVICE_ROLE_KEY: serviceRoleKey,
+        LEGACY_API_KEYS: null,
+      },
     });
     try {
       const organiser = await newOrganiser(stack);
@@ -261,6 +266,69 @@ Deno.test({
       }
     } finally {
       console.error = error;
+      await stack.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "legacy keys disabled, the legacy variables still set (JWT_SECRET outlives the switch): LEGACY_API_KEYS=off makes the functions refuse them too",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const stack = await isolatedStack("legacykept", { legacyKeys: false, keepLegacyFunctionEnv: true });
+    try {
+      // the gateway refuses the legacy key, as the platform does once legacy keys are disabled
+      const gateway = await fetch(`${stack.url}/rest/v1/rpc/reconcile_housekeeping`, {
+        method: "POST",
+        headers: { apikey: stack.serviceRoleKey, "content-type": "application/json" },
+        body: JSON.stringify({ p_batch_size: 1 }),
+      });
+      assert.equal(gateway.status, 401);
+      assert.match(await gateway.text(), /Legacy API keys are disabled/);
+      // the functions have the legacy variables, and refuse them all the same
+      const organiser = await newOrganiser(stack);
+      const forgedAdmin = await stack.userToken(uid(), { app_metadata: { role: "platform_admin" } }, {
+        legacy: true,
+      });
+      const refusals: [string, string, Parameters<typeof call>[3]][] = [
+        ["stripe-reconcile", "the legacy service_role key as bearer", {
+          token: stack.serviceRoleKey,
+          key: null,
+        }],
+        ["stripe-reconcile", "the legacy service_role key as apikey", {
+          token: null,
+          key: null,
+          headers: { apikey: stack.serviceRoleKey },
+        }],
+        ["refunds", "a platform admin's HS256 token signed with the old secret", { token: forgedAdmin }],
+        ["guest-checkout", "the legacy anon key", { token: stack.anonKey }],
+      ];
+      for (const [fn, what, options] of refusals) {
+        const body = fn === "refunds"
+          ? { order_id: uid() }
+          : guestOrder(organiser.eventId, organiser.tierId, "legacy@example.com");
+        const answer = await call(stack, fn, body, options);
+        assert.deepEqual(
+          [answer.status, answer.body.type],
+          [401, "/problems/unauthorized"],
+          `${what}: ${answer.text}`,
+        );
+      }
+      // the new keys and ES256 tokens work
+      const reconcile = await call(stack, "stripe-reconcile", {}, {
+        token: null,
+        key: null,
+        headers: { apikey: stack.secretKey },
+      });
+      assert.equal(reconcile.status, 200, reconcile.text);
+      const checkout = await call(stack, "enhanced-checkout", {
+        event_id: organiser.eventId,
+        items: [{ tier_id: organiser.tierId, quantity: 1 }],
+      }, { token: await stack.userToken(BUYER) });
+      assert.equal(checkout.status, 201, checkout.text);
+    } finally {
       await stack.close();
     }
   },

@@ -18,14 +18,15 @@
  *   headers a caller sends are removed, except the one `trustedClientHeader` names (tests acting as
  *   many clients behind a proxy).
  * - The host's own answers are `application/problem+json` with the platform's `code` and `message`,
- *   CORS and `X-Request-Id`, which is also passed to the function.
+ *   CORS and `X-Request-Id`: a new id per request (never the caller's), also passed to the function as
+ *   the platform's `sb-request-id`.
  * @module
  */
 import { join } from "node:path";
 import { parse as parseToml } from "npm:smol-toml@1.9.1";
 import { PROJECT_DIR } from "./db.ts";
 import { type Handler, loadHandler, PORT_ANNOUNCEMENT } from "./function_worker.ts";
-import { problem, requestIdOf, withCors } from "./http.ts";
+import { newRequestId, problem, withCors } from "./http.ts";
 import { type ProjectKeys, verifyJwt } from "./jwt.ts";
 
 /** The platform's limits for one function. */
@@ -144,7 +145,7 @@ export async function createFunctionsHost(options: FunctionsHostOptions): Promis
     : new ProcessRunner(dir, options.env, limits, options.onError);
 
   async function handle(req: Request, _info: Deno.ServeHandlerInfo): Promise<Response> {
-    const requestId = requestIdOf(req);
+    const requestId = newRequestId();
     const name = new URL(req.url).pathname.match(/^\/functions\/v1\/([^/]+)/)?.[1];
     if (!name || !names.has(name)) {
       return problem({
@@ -169,7 +170,7 @@ export async function createFunctionsHost(options: FunctionsHostOptions): Promis
     }
     const headers = new Headers(req.headers);
     for (const h of CLIENT_ADDRESS_HEADERS) if (h !== options.trustedClientHeader) headers.delete(h);
-    headers.set("x-request-id", requestId);
+    headers.set("sb-request-id", requestId); // the platform's id for the request, whatever the caller sent
     const forwarded = new Request(req.url, {
       method: req.method,
       headers,

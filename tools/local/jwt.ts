@@ -122,16 +122,18 @@ export function signJwt(secret: string, claims: JWTPayload, expiresIn = "1h"): P
 }
 
 /**
- * A signed-in user's access token, as Supabase Auth issues it: `sub`, `role: authenticated`,
- * `aud: authenticated`, signed ES256 with the project's signing key (`kid` in the header), or HS256
- * with the legacy secret when `legacy` is set.
+ * A signed-in user's access token, as Supabase Auth issues it (supabase.com/docs/guides/auth/jwts):
+ * `iss` (the project's URL + `/auth/v1`, `issuer`), `sub`, `role: authenticated`, `aud: authenticated`,
+ * `iat` and `exp`, signed ES256 with the project's signing key (`kid` in the header), or HS256 with the
+ * legacy secret when `legacy` is set.
  */
 export async function userToken(
   keys: Pick<ProjectKeys, "signingKey" | "jwtSecret">,
   userId: string,
-  options: { email?: string; expiresIn?: string; claims?: JWTPayload; legacy?: boolean } = {},
+  options: { issuer: string; email?: string; expiresIn?: string; claims?: JWTPayload; legacy?: boolean },
 ): Promise<string> {
   const claims: JWTPayload = {
+    iss: options.issuer,
     sub: userId,
     role: "authenticated",
     aud: "authenticated",
@@ -146,6 +148,11 @@ export async function userToken(
   const { key_ops: _ops, ...privateKey } = keys.signingKey;
   return (claims.exp === undefined ? jwt.setExpirationTime(options.expiresIn ?? "1h") : jwt)
     .sign(await importJWK(privateKey, "ES256"));
+}
+
+/** The issuer of a project's user tokens: its API URL + `/auth/v1`, as Supabase Auth sets `iss`. */
+export function issuerOf(url: string): string {
+  return `${url.replace(/\/+$/, "")}/auth/v1`;
 }
 
 /**

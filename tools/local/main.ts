@@ -23,6 +23,9 @@ const stripe = stack.stripe
   ? `emulator at ${stack.stripeApiBase} (control API: ${stack.stripeApiBase}/_emulator/...)`
   : stack.stripeApiBase ?? "api.stripe.com (STRIPE_SECRET_KEY)";
 const legacy = Deno.env.get("LEGACY_API_KEYS") === "off" ? "  (disabled: LEGACY_API_KEYS=off)" : "";
+// the token's issuer is the stack's Auth (http://127.0.0.1:<PORT>/auth/v1), which the functions check
+const port = new URL(stack.url).port;
+const token = `${port === "54321" ? "" : `PORT=${port} `}npm run --silent token --`;
 const pay = stack.stripe
   ? `open the checkout's url, or: curl -X POST ${stack.stripeApiBase}/_emulator/checkout/sessions/<cs_test_...>/pay`
   : "in Stripe's hosted page (test card 4242 4242 4242 4242)";
@@ -48,7 +51,7 @@ Local stack ready
   tier GA (2500)       44444444-4444-4444-8444-444444444444
   tier VIP (10000)     55555555-5555-4555-8555-555555555555
 
-  a user's token       npm run --silent token -- 22222222-2222-4222-8222-222222222222
+  a user's token       ${token} 22222222-2222-4222-8222-222222222222
   pay a session        ${pay}
 `);
 

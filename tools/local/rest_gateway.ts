@@ -23,7 +23,7 @@
  * @module
  */
 import { type Database, isPgError, PoolTimeoutError } from "./db.ts";
-import { CORS_HEADERS, problem, requestIdOf } from "./http.ts";
+import { CORS_HEADERS, newRequestId, problem } from "./http.ts";
 import { type ProjectKeys, verifyJwt } from "./jwt.ts";
 
 /** How the gateway reaches the database and checks keys and tokens. */
@@ -100,7 +100,7 @@ export function createRestGateway(options: RestGatewayOptions): (req: Request) =
     });
 
   return async (req) => {
-    const requestId = requestIdOf(req);
+    const requestId = newRequestId();
     const fail = (
       status: number,
       code: string | null,

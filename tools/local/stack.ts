@@ -12,8 +12,15 @@ import {
   type FunctionsHost,
   readConfig,
 } from "./functions_host.ts";
-import { CORS_HEADERS, problem, requestIdOf } from "./http.ts";
-import { DEFAULT_JWT_SECRET, loadSigningKey, type ProjectKeys, projectKeys, userToken } from "./jwt.ts";
+import { CORS_HEADERS, newRequestId, problem } from "./http.ts";
+import {
+  DEFAULT_JWT_SECRET,
+  issuerOf,
+  loadSigningKey,
+  type ProjectKeys,
+  projectKeys,
+  userToken,
+} from "./jwt.ts";
 import { createRestGateway } from "./rest_gateway.ts";
 import { startStripeEmulator, type StripeEmulator } from "./stripe_emulator/mod.ts";
 
@@ -27,8 +34,18 @@ export interface StackOptions {
   jwtSecret?: string;
   /** The ES256 key that signs user tokens (default: `<supabaseDir>/signing_keys.json`, made on first use). */
   signingKey?: JWK;
-  /** Accept the legacy keys and HS256 tokens, and give them to the functions (`LEGACY_API_KEYS`, default on). */
+  /**
+   * Accept the legacy keys and HS256 tokens, and give them to the functions (`LEGACY_API_KEYS`, default
+   * on). Off, the gateway refuses them and the functions get `LEGACY_API_KEYS=off`.
+   */
   legacyKeys?: boolean;
+  /**
+   * With `legacyKeys` off, give the functions the legacy variables all the same (`JWT_SECRET`,
+   * `SUPABASE_ANON_KEY`, `SUPABASE_SERVICE_ROLE_KEY`), as on a project whose secrets outlive the switch
+   * (`JWT_SECRET` is one the project set itself): the functions must refuse the legacy keys by
+   * `LEGACY_API_KEYS=off` alone.
+   */
+  keepLegacyFunctionEnv?: boolean;
   /** A Stripe API to use instead of the emulator (`STRIPE_API_BASE`). */
   stripeApiBase?: string;
   /** `STRIPE_SECRET_KEY`: set, the functions call Stripe (or `STRIPE_API_BASE`) with it and no emulator starts. */
@@ -84,7 +101,7 @@ export interface Stack {
   functions: FunctionsHost;
   /** RPCs served by the gateway so far, by function name. */
   rpcCalls: Map<string, number>;
-  /** A signed-in user's access token (ES256; HS256 with `legacy`). */
+  /** A signed-in user's access token (ES256; HS256 with `legacy`), issued by this stack's Auth (`iss`). */
   userToken(
     userId: string,
     claims?: Record<string, unknown>,
@@ -167,16 +184,18 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       onRpc: (name) => rpcCalls.set(name, (rpcCalls.get(name) ?? 0) + 1),
     });
     let url = "";
+    const legacyEnv = legacyKeys || options.keepLegacyFunctionEnv === true;
     const functionEnv = () => ({
       // What the edge runtime provides (supabase.com/docs/guides/functions/secrets)...
       SUPABASE_URL: url,
       SUPABASE_PUBLISHABLE_KEYS: JSON.stringify({ default: keys.publishableKey }),
       SUPABASE_SECRET_KEYS: JSON.stringify({ default: keys.secretKey }),
       SUPABASE_JWKS: JSON.stringify(keys.jwks),
-      SUPABASE_ANON_KEY: legacyKeys ? keys.anonKey : null,
-      SUPABASE_SERVICE_ROLE_KEY: legacyKeys ? keys.serviceRoleKey : null,
+      SUPABASE_ANON_KEY: legacyEnv ? keys.anonKey : null,
+      SUPABASE_SERVICE_ROLE_KEY: legacyEnv ? keys.serviceRoleKey : null,
       // ...and the project's secrets (`supabase secrets set`).
-      JWT_SECRET: legacyKeys ? jwtSecret : null,
+      JWT_SECRET: legacyEnv ? jwtSecret : null,
+      LEGACY_API_KEYS: legacyKeys ? null : "off",
       STRIPE_SECRET_KEY: stripeKey ?? EMULATOR_SECRET_KEY,
       STRIPE_WEBHOOK_SECRET: webhookSecret,
       STRIPE_API_BASE: stripeApiBase,
@@ -203,7 +222,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
           status: 404,
           type: "not-found",
           detail: "No route: try /functions/v1/<name>, /rest/v1/rpc/<fn> or /auth/v1/.well-known/jwks.json",
-          requestId: requestIdOf(req),
+          requestId: newRequestId(),
         });
       });
     } catch (e) {
@@ -241,7 +260,8 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       stripeApiBase,
       functions,
       rpcCalls,
-      userToken: (userId, claims, opts) => userToken(keys, userId, { claims, legacy: opts?.legacy }),
+      userToken: (userId, claims, opts) =>
+        userToken(keys, userId, { issuer: issuerOf(url), claims, legacy: opts?.legacy }),
       close: closeAll,
     };
   } catch (e) {

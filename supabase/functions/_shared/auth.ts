@@ -7,7 +7,11 @@
  * The new-style checks are `@supabase/server`'s (`verifyCredentials`: user tokens against the project's
  * JWKS, publishable and secret keys compared in constant time); around them, what old projects still
  * send: user tokens signed with the legacy HS256 `JWT_SECRET`, the legacy anon and service_role keys
- * (also as a bearer token, as older pg_cron jobs send them). See docs/adr/0007.
+ * (also as a bearer token, as older pg_cron jobs send them), all of them refused once the project sets
+ * `LEGACY_API_KEYS=off` (keys.ts). Whatever verifies a user's token, the token must then carry `exp`,
+ * `aud: authenticated` and the project's issuer, `${SUPABASE_URL}/auth/v1`
+ * (supabase.com/docs/guides/auth/jwts). A new-style key (`sb_...`) is never taken from `Authorization`:
+ * it belongs in `apikey`. See docs/adr/0009.
  * @module
  */
 import { verifyCredentials } from "npm:@supabase/server@1.4.1/core";
@@ -31,8 +35,10 @@ function unauthorized(detail: string): HttpError {
   });
 }
 
+/** The bearer token; never a new-style API key (`sb_...`), which belongs in `apikey`. */
 function bearerOf(req: Request): string | null {
-  return req.headers.get("authorization")?.match(/^Bearer\s+(\S+)$/i)?.[1] ?? null;
+  const token = req.headers.get("authorization")?.match(/^Bearer\s+(\S+)$/i)?.[1];
+  return token && !token.startsWith("sb_") ? token : null;
 }
 
 /** `@supabase/server`'s view of the project: its keys, the legacy ones named among them. */
@@ -41,8 +47,7 @@ function serverEnv(env: ProjectEnv) {
     url: env.url,
     publishableKeys: env.publishableKeys,
     secretKeys: env.secretKeys,
-    // absent: the library reads SUPABASE_JWKS_URL, if set
-    ...(env.jwks ? { jwks: env.jwks } : {}),
+    jwks: env.jwks,
   };
 }
 
@@ -58,32 +63,48 @@ async function keyMatches(key: string | null, kind: "publishable" | "secret", na
 
 /**
  * The verified claims of a user's access token: asymmetric tokens against the JWKS (through
- * `@supabase/server`), HS256 tokens against `JWT_SECRET`. Returns null for a missing, forged or expired
- * token; throws `ConfigurationError` when the project's keys are unusable.
+ * `@supabase/server`), HS256 tokens against `JWT_SECRET`; then `exp`, `aud` and `iss` as Supabase Auth
+ * sets them. Returns null for a missing, forged, expired or foreign token; throws `ConfigurationError`
+ * when the project's keys are unusable, or when a token names a signing key (`kid`) and no JWKS is
+ * configured to look it up.
  */
 async function userClaims(token: string | null): Promise<JWTPayload | null> {
-  if (!token || token.startsWith("sb_")) return null;
+  if (!token) return null;
   const env = projectEnv();
-  let alg: string | undefined;
+  let header;
   try {
-    alg = decodeProtectedHeader(token).alg;
+    header = decodeProtectedHeader(token);
   } catch {
     return null;
   }
-  if (alg === "HS256" && env.jwtSecret) {
+  let claims: JWTPayload | null = null;
+  if (header.alg === "HS256" && env.jwtSecret) {
     try {
       const secret = new TextEncoder().encode(env.jwtSecret);
-      return (await jwtVerify(token, secret, { algorithms: ["HS256"] })).payload;
+      claims = (await jwtVerify(token, secret, { algorithms: ["HS256"] })).payload;
     } catch {
       return null;
     }
+  } else if (!env.jwks) {
+    if (!header.kid) return null;
+    throw new ConfigurationError(
+      env.jwksProblem ??
+        "A user token signed with a signing key (kid) arrived, but no JWKS is configured: " +
+          "set SUPABASE_JWKS (or SUPABASE_JWKS_URL)",
+    );
+  } else {
+    const { data, error } = await verifyCredentials({ token, apikey: null }, {
+      auth: "user",
+      env: serverEnv(env),
+    });
+    if (error && error.status >= 500) throw new ConfigurationError(error.message);
+    claims = data?.jwtClaims ?? null;
   }
-  const { data, error } = await verifyCredentials({ token, apikey: null }, {
-    auth: "user",
-    env: serverEnv(env),
-  });
-  if (error && error.status >= 500) throw new ConfigurationError(error.message);
-  return data?.jwtClaims ?? null;
+  if (!claims) return null;
+  const aud = Array.isArray(claims.aud) ? claims.aud : [claims.aud];
+  const issuer = `${env.url.replace(/\/+$/, "")}/auth/v1`;
+  if (typeof claims.exp !== "number" || !aud.includes("authenticated") || claims.iss !== issuer) return null;
+  return claims;
 }
 
 /** The signed-in user; throws 401 unless the bearer token is a verified `authenticated` user's. */

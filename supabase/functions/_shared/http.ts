@@ -3,6 +3,7 @@
  * JSON bodies with a size limit, a request id, and a log line per request.
  * @module
  */
+import { isIP } from "node:net";
 import { HttpError } from "./errors.ts";
 import { currentRequestId, log, withRequestId } from "./log.ts";
 
@@ -91,27 +92,46 @@ export async function readJson(req: Request, maxBytes = MAX_BODY_BYTES): Promise
   }
 }
 
-/** The request's id: the platform's `sb-request-id` or `x-request-id` when sent, else a new UUID. */
-export function requestIdOf(req: Request): string {
-  const given = req.headers.get("sb-request-id") ?? req.headers.get("x-request-id");
-  return given && /^[\w.:-]{1,128}$/.test(given) ? given : crypto.randomUUID();
+/**
+ * The platform's id for the request (`sb-request-id`), to be logged next to ours, when it is a sane
+ * token. Never our request id: whether the platform overwrites a client's `sb-request-id` is not
+ * documented, and a client must not choose the id we log and answer.
+ */
+export function platformRequestIdOf(req: Request): string | undefined {
+  const given = req.headers.get("sb-request-id");
+  return given && /^[\w.:-]{1,128}$/.test(given) ? given : undefined;
 }
+
+/** The address of every request whose client-address header is present but holds no IP address. */
+export const INVALID_CLIENT_ADDRESS = "invalid";
 
 /**
  * The client's address, from the one header named by `CLIENT_IP_HEADER` (e.g. `cf-connecting-ip` behind
- * Cloudflare, `x-forwarded-for` behind a proxy that appends the address it saw), or undefined: Supabase
- * documents no header with the client's address (supabase.com/docs/guides/functions), and the
- * connection's peer is the platform's proxy, shared by every client. In a list (X-Forwarded-For) the
- * last entry counts, the one the nearest proxy added; earlier ones are whatever the client sent. A value
- * that is not an IP address counts as none. An IPv6 address counts as its /64, which one client usually
- * holds whole.
+ * Cloudflare, `x-forwarded-for` behind a proxy that appends the address it saw), or undefined when no
+ * header is named or the request has none: Supabase documents no header with the client's address
+ * (supabase.com/docs/guides/functions), and the connection's peer is the platform's proxy, shared by
+ * every client. In a list (X-Forwarded-For) the last entry counts, the one the nearest proxy added;
+ * earlier ones are whatever the client sent. A value that is not an IPv4 or IPv6 address (node:net
+ * `isIP`) is `INVALID_CLIENT_ADDRESS`: all such requests share one bucket, limited like one address, so
+ * that writing junk in the header never escapes the limit. An IPv6 address counts as its /64, which one
+ * client usually holds whole.
  */
 export function clientAddress(req: Request): string | undefined {
   const header = Deno.env.get("CLIENT_IP_HEADER")?.trim().toLowerCase();
-  if (!header) return undefined;
-  const address = req.headers.get(header)?.split(",").map((s) => s.trim()).filter(Boolean).at(-1);
-  if (!address || address.length > 64 || !/^[0-9a-f.:[\]%]+$/i.test(address)) return undefined;
-  return address.includes(":") ? ipv6Prefix(address) : address;
+  const value = header ? req.headers.get(header) : null;
+  if (value === null) return undefined;
+  const address = (value.split(",").map((s) => s.trim()).filter(Boolean).at(-1) ?? "").replace(
+    /^\[(.*)\]$/,
+    "$1",
+  );
+  switch (isIP(address)) {
+    case 4:
+      return address;
+    case 6:
+      return ipv6Prefix(address);
+    default:
+      return INVALID_CLIENT_ADDRESS;
+  }
 }
 
 /** `2001:db8:1:2:3:4:5:6` -> `2001:db8:1:2::/64`; an IPv4-mapped address -> its IPv4 address. */
@@ -135,15 +155,15 @@ export interface Context {
 /**
  * Wraps a POST handler for `Deno.serve`: answers OPTIONS, refuses other methods with 405, turns a
  * thrown `HttpError` into problem+json and anything else into a bare 500 (logged, never echoed),
- * and adds CORS and `X-Request-Id` to every response.
+ * and adds CORS and `X-Request-Id` (a new id per request) to every response.
  */
 export function handler(
   name: string,
   fn: (req: Request, ctx: Context) => Promise<Response>,
 ): (req: Request, info?: Deno.ServeHandlerInfo) => Promise<Response> {
   return (req, info) => {
-    const requestId = requestIdOf(req);
-    return withRequestId(requestId, () => handle(req, info, requestId));
+    const requestId = crypto.randomUUID();
+    return withRequestId(requestId, () => handle(req, info, requestId), platformRequestIdOf(req));
   };
 
   async function handle(req: Request, info: Deno.ServeHandlerInfo | undefined, requestId: string) {
