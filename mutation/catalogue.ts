@@ -155,9 +155,9 @@ export const CATALOGUE: Mutation[] = [
     "replace": "    where (k.status = 'in_progress')",
     "what": "the reconciler claims live leases too",
     "tests": [
-      "tests/webhooks.test.ts",
       "tests/idempotency_sql.test.ts",
     ],
+    "filter": "the reconciler takes over expired leases only",
     "subsets": [],
     "equivalent": undefined,
   },
@@ -171,8 +171,8 @@ export const CATALOGUE: Mutation[] = [
     "what": "needs_attention looked at again at once",
     "tests": [
       "tests/idempotency_sql.test.ts",
-      "tests/money.test.ts",
     ],
+    "filter": "the reconciler takes over expired leases only",
     "subsets": [],
     "equivalent": undefined,
   },
@@ -188,8 +188,8 @@ export const CATALOGUE: Mutation[] = [
     "what": "park as needs_attention without the fencing check",
     "tests": [
       "tests/idempotency_sql.test.ts",
-      "tests/idempotency_core.test.ts",
     ],
+    "filter": "a stale holder can neither park nor defer",
     "subsets": [],
     "equivalent": undefined,
   },
@@ -247,8 +247,9 @@ export const CATALOGUE: Mutation[] = [
     "replace": "  if false then",
     "what": "an operator's 'no object' accepted while the key may still execute",
     "tests": [
-      "tests/money.test.ts",
+      "tests/guards.test.ts",
     ],
+    "filter": "waits until Stripe has forgotten the key",
     "subsets": [],
     "equivalent": undefined,
   },
@@ -277,8 +278,9 @@ export const CATALOGUE: Mutation[] = [
     "replace": "or k.key_burned_at is not null",
     "what": "absence right after a saved 5xx taken as proof",
     "tests": [
-      "tests/stripe_settlement.test.ts",
+      "tests/idempotency_sql.test.ts",
     ],
+    "filter": "nothing found right after a saved 5xx",
     "subsets": [],
     "equivalent": undefined,
   },
@@ -291,12 +293,11 @@ export const CATALOGUE: Mutation[] = [
     "replace": "    and k.status = 'in_progress'",
     "what": "defer without the fencing check",
     "tests": [
-      "tests/money.test.ts",
-      "tests/stripe_settlement.test.ts",
+      "tests/idempotency_sql.test.ts",
     ],
+    "filter": "a stale holder can neither park nor defer",
     "subsets": [],
-    "equivalent":
-      "a deferral only moves the lease of a row the holder just claimed; no test can interleave a takeover between the claim and the deferral of one request, and the model (P3) covers the guard",
+    "equivalent": undefined,
   },
   {
     "id": "sql-key-claim-mismatch",
@@ -342,8 +343,8 @@ export const CATALOGUE: Mutation[] = [
     "what": "a stale holder stores its answer",
     "tests": [
       "tests/idempotency_sql.test.ts",
-      "tests/idempotency_core.test.ts",
     ],
+    "filter": "a stale holder of an Idempotency-Key",
     "subsets": [],
     "equivalent": undefined,
   },
@@ -359,8 +360,8 @@ export const CATALOGUE: Mutation[] = [
     "what": "a stale holder releases the key",
     "tests": [
       "tests/idempotency_sql.test.ts",
-      "tests/idempotency_core.test.ts",
     ],
+    "filter": "a stale holder of an Idempotency-Key",
     "subsets": [],
     "equivalent": undefined,
   },
@@ -451,6 +452,7 @@ export const CATALOGUE: Mutation[] = [
     "tests": [
       "tests/checkout.test.ts",
     ],
+    "filter": "a tier of another event",
     "subsets": [],
     "equivalent": undefined,
   },
@@ -680,6 +682,7 @@ export const CATALOGUE: Mutation[] = [
     "tests": [
       "tests/ledger.test.ts",
     ],
+    "filter": "disputed in full",
     "subsets": [],
     "equivalent": undefined,
   },
@@ -758,12 +761,13 @@ export const CATALOGUE: Mutation[] = [
       "tests/webhooks.test.ts",
     ],
     "subsets": [],
-    "equivalent": undefined,
+    "equivalent":
+      "an order found by the refund's payment_intent is never pending or expired: stripe_payment_intent_id is written only by public.complete_order_payment (20261128000700), in the same update that makes the order paid, and a paid order never goes back to pending or expired (private.expire_order takes pending orders only); a refund of a payment not recorded yet finds no order and is parked by the `not found` half of the guard",
   },
   {
     "id": "sql-dispute-closed-sticky",
     "area": "money",
-    "file": "supabase/migrations/20261128000700_ledger_from_stripe.sql",
+    "file": "supabase/migrations/20261128001200_dispute_events_without_balance_transactions.sql",
     "fn": "private.record_stripe_dispute",
     "find":
       "      status = case when d.status in ('won', 'lost', 'warning_closed') then d.status else excluded.status end,",
@@ -772,24 +776,40 @@ export const CATALOGUE: Mutation[] = [
     "tests": [
       "tests/ledger.test.ts",
     ],
+    "filter": "its opening events delivered after its closing ones",
     "subsets": [],
-    "equivalent":
-      "the status column is informative: the share follows withdrawn and reinstated amounts, which only grow; a late open event cannot take back a reinstatement",
+    "equivalent": undefined,
   },
   {
     "id": "sql-dispute-won",
     "area": "money",
-    "file": "supabase/migrations/20261128000700_ledger_from_stripe.sql",
+    "file": "supabase/migrations/20261128001200_dispute_events_without_balance_transactions.sql",
     "fn": "private.record_stripe_dispute",
-    "find": "  if v_reinstated = 0 and (p_type = 'charge.dispute.funds_reinstated' or v_status = 'won') then",
-    "replace": "  if false then",
+    "find":
+      "  v_all_back := v_reinstated = 0 and (p_type = 'charge.dispute.funds_reinstated' or v_status = 'won');",
+    "replace": "  v_all_back := false;",
     "what": "a won dispute without balance transactions is not credited back",
     "tests": [
       "tests/ledger.test.ts",
     ],
+    "filter": "dispute events without balance transactions",
     "subsets": [],
-    "equivalent":
-      "the emulator's disputes always carry their balance transactions, as Stripe's do; the fallback covers events without them, which no test sends",
+    "equivalent": undefined,
+  },
+  {
+    "id": "sql-dispute-won-sticky",
+    "area": "money",
+    "file": "supabase/migrations/20261128001200_dispute_events_without_balance_transactions.sql",
+    "fn": "private.record_stripe_dispute",
+    "find": "      reinstated_cents = case when v_all_back or d.status = 'won' then",
+    "replace": "      reinstated_cents = case when v_all_back then",
+    "what": "an older withdrawal delivered after a won dispute debits the organiser again",
+    "tests": [
+      "tests/ledger.test.ts",
+    ],
+    "filter": "dispute events without balance transactions",
+    "subsets": [],
+    "equivalent": undefined,
   },
   {
     "id": "sql-payment-amount",
@@ -1066,6 +1086,7 @@ export const CATALOGUE: Mutation[] = [
     "tests": [
       "tests/idempotency_core.test.ts",
     ],
+    "filter": "idempotency_error (the key was sent with other parameters)",
     "subsets": [],
     "equivalent": undefined,
   },
@@ -1110,11 +1131,11 @@ export const CATALOGUE: Mutation[] = [
     "replace": "  if (refusal !== null && claim.attempts === 0) {",
     "what": "parameters Stripe would refuse on the first send are looked up instead of failed",
     "tests": [
-      "tests/operations.test.ts",
+      "tests/idempotency_core.test.ts",
     ],
+    "filter": "parameters Stripe would refuse fail at once on the first send",
     "subsets": [],
-    "equivalent":
-      "a builder whose first output the schema refuses is a bug that tests/operations.test.ts prevents (every builder's output parses); the guard turns such a bug into a clear 422 instead of a 15-minute deferral",
+    "equivalent": undefined,
   },
   {
     "id": "ts-lookup-undecided",
@@ -1172,9 +1193,9 @@ export const CATALOGUE: Mutation[] = [
     "replace": "        (r) => r.metadata?.refund_id !== undefined || true,",
     "what": "a refund look-up takes someone else's refund",
     "tests": [
-      "tests/money.test.ts",
       "tests/stripe_settlement.test.ts",
     ],
+    "filter": "a refund's look-up after a saved 500 takes only its own refund",
     "subsets": [],
     "equivalent": undefined,
   },
@@ -1187,8 +1208,9 @@ export const CATALOGUE: Mutation[] = [
     "replace": "        (t) => t.destination !== undefined,",
     "what": "a payout look-up takes another transfer",
     "tests": [
-      "tests/money.test.ts",
+      "tests/stripe_settlement.test.ts",
     ],
+    "filter": "a payout's look-up after a saved 500 takes only its own transfer",
     "subsets": [],
     "equivalent": undefined,
   },

@@ -249,6 +249,29 @@ stackTest(
   },
 );
 
+stackTest("a tier of another event is refused: 404 tier-not-found, nothing held, no session", async () => {
+  const stack = await sharedStack();
+  const other = await newOrganiser(stack);
+  const before = await footprint(stack);
+  for (
+    const items of [[{ tier_id: other.tierId, quantity: 1 }], [
+      { tier_id: GA, quantity: 1 },
+      { tier_id: other.tierId, quantity: 1 },
+    ]]
+  ) {
+    const answer = await call(stack, "enhanced-checkout", { event_id: EVENT, items }, {
+      token: await stack.userToken(BUYER),
+    });
+    assert.deepEqual([answer.status, answer.body.type], [404, "/problems/tier-not-found"], answer.text);
+  }
+  assert.deepEqual(await footprint(stack), before, "no order, no hold, no Stripe call");
+  const [tier] = await stack.db.query<{ held: number; sold: number }>(
+    "select held, sold from events.ticket_tiers where id = $1",
+    [other.tierId],
+  );
+  assert.deepEqual({ ...tier }, { held: 0, sold: 0 });
+});
+
 stackTest("events not on sale or already started are refused with their own problem types", async () => {
   const stack = await sharedStack();
   const token = await stack.userToken(BUYER);

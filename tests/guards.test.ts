@@ -224,6 +224,60 @@ ledgerTest(
   },
 );
 
+ledgerTest(
+  'an operator\'s "no object" waits until Stripe has forgotten the key: till then the payout stays pending',
+  async (stack) => {
+    const organiser = await newOrganiser(stack);
+    await paidOrder(stack, organiser, 2);
+    const before = await wallet(organiser);
+    const payoutId = uid();
+    const [{ r }] = await stack.db.query<{ r: { stripe: { outcome: string; fencing_token: number } } }>(
+      `select public.create_payout('user:' || $1, $2, $3::uuid, 'payout:create:' || $3 || ':' || $2, $1::uuid, 2000,
+         'usd', 60, 1000000000) as r`,
+      [organiser.id, uid(), payoutId],
+    );
+    assert.equal(r.stripe.outcome, "acquired");
+    // its look-up could not decide (say, a transfer Stripe did not list yet): the operation needs a person
+    await stack.db.query("select public.attention_stripe_operation('payout:create', $1, $2, $3::jsonb)", [
+      payoutId,
+      r.stripe.fencing_token,
+      JSON.stringify({ reason: "the transfer list timed out" }),
+    ]);
+    const state = async () =>
+      (await stack.db.query<{ payout: string; operation: string }>(
+        `select p.status as payout, k.status as operation from wallet.payouts p
+         join public.stripe_idempotency_keys k on k.operation_type = 'payout:create' and k.operation_id = p.id::text
+         where p.id = $1`,
+        [payoutId],
+      ))[0];
+    const service = (await import("./_flows.ts")).clientAs(stack, stack.serviceRoleKey);
+    const noObject = () =>
+      service.rpc("resolve_stripe_operation", {
+        p_operation_type: "payout:create",
+        p_operation_id: payoutId,
+        p_error: { status: 404, type: "operator", message: "no transfer in the dashboard" },
+      });
+
+    const early = await noObject();
+    assert.equal(early.error?.code, "PT409", JSON.stringify(early));
+    assert.match(early.error!.message, /may still be carried out by Stripe with its key/);
+    assert.deepEqual(await state(), { payout: "pending", operation: "needs_attention" });
+    assert.equal((await wallet(organiser)).pending_payout_cents, before.pending_payout_cents + 2000);
+
+    // a day and 5 minutes after the operation began, no request with its key can make the transfer any more
+    await stack.db.query(
+      `update public.stripe_idempotency_keys set created_at = now() - interval '24 hours 6 minutes'
+       where operation_type = 'payout:create' and operation_id = $1`,
+      [payoutId],
+    );
+    const late = await noObject();
+    assert.equal(late.error, null, JSON.stringify(late.error));
+    assert.equal(late.data.status, "failed");
+    assert.deepEqual(await state(), { payout: "failed", operation: "failed" });
+    assert.deepEqual(await wallet(organiser), before, "the debit is given back");
+  },
+);
+
 ledgerTest("a refund Stripe holds pending, then cancels: reserved, then given back", async (stack) => {
   const organiser = await newOrganiser(stack);
   const order = await paidOrder(stack, organiser, 2);

@@ -201,6 +201,73 @@ stackTest(
   },
 );
 
+stackTest(
+  "Stripe's idempotency_error (the key was sent with other parameters) is no refusal: released, never failed",
+  async () => {
+    await sharedStack();
+    const op = checkoutOp(uid());
+    let sends = 0;
+    // the operation's key already went out with other parameters (say, from an older build of the function)
+    const call = async (key: string) => {
+      if (sends++ === 0) {
+        await stripeClient().checkout.sessions.create({
+          ...sessionParams(op.operationId),
+          metadata: { order_id: op.operationId, build: "older" },
+        }, { idempotencyKey: key });
+      }
+      return createSession(op)(key);
+    };
+    await assert.rejects(withStripeIdempotency(op, call), StripeOutcomeUnknownError);
+    const row = await operationRow(op.operationId);
+    assert.deepEqual([row.status, row.error], ["in_progress", null], "not stored as Stripe's refusal");
+    assert.ok(Date.parse(row.locked_until as string) <= Date.now(), "released: claimable at once");
+    assert.match(row.last_error as string, /same parameters/);
+  },
+);
+
+stackTest(
+  "parameters Stripe would refuse fail at once on the first send (no call, no look-up); once sent, they are looked up",
+  async () => {
+    await sharedStack();
+    const op = checkoutOp(uid());
+    const seen = { sends: 0, lookups: 0 };
+    const call = (key: string) => {
+      seen.sends++;
+      return createSession(op)(key);
+    };
+    const options = {
+      refusal: () => "expires_at must be at least 30 minutes away",
+      lookup: () => {
+        seen.lookups++;
+        return Promise.resolve({ absent: "no session with this order's metadata" });
+      },
+    };
+    await assert.rejects(
+      withStripeIdempotency(op, call, options),
+      (e: StripeRejectedError) =>
+        e instanceof StripeRejectedError && e.failure.code === "parameters_refused" && e.status === 422,
+    );
+    assert.deepEqual(seen, { sends: 0, lookups: 0 });
+    const failed = await operationRow(op.operationId);
+    assert.deepEqual([failed.status, (failed.error as { code: string }).code], [
+      "failed",
+      "parameters_refused",
+    ]);
+
+    // sent once before (its answer lost): the same refusal now settles it by look-up, never by failing it
+    const sent = checkoutOp(uid());
+    await assert.rejects(
+      withStripeIdempotency(sent, () => Promise.reject(new Error("connection reset"))),
+      StripeOutcomeUnknownError,
+    );
+    const found = await withStripeIdempotency(sent, call, {
+      ...options,
+      lookup: () => Promise.resolve({ found: { id: "cs_found_by_look_up" } }),
+    });
+    assert.deepEqual([found.resourceId, seen.sends], ["cs_found_by_look_up", 0]);
+  },
+);
+
 stackTest("the store unreachable: 503 and not one Stripe call", async () => {
   const stack = await sharedStack();
   const down = createClient("http://127.0.0.1:9", stack.serviceRoleKey, { auth: { persistSession: false } });

@@ -391,3 +391,197 @@ stackTest(
     }
   },
 );
+
+stackTest(
+  "the reconciler takes over expired leases only: never a live one, nor a parked operation within 15 minutes",
+  async () => {
+    const sql = await pool(2);
+    try {
+      const [live, parked, expired]: string[] = [uid(), uid(), uid()];
+      const holder = await claim(sql, "refund:create", live, { a: 1 }, 600);
+      const lookup = await claim(sql, "payout:create", parked, { a: 1 });
+      await sql`select public.attention_stripe_operation('payout:create', ${parked}, ${lookup
+        .fencing_token as number}, '{"reason": "two candidates"}')`;
+      await claim(sql, "refund:create", expired, { a: 1 });
+      await sql`update public.stripe_idempotency_keys set locked_until = now() - interval '1 second'
+        where operation_id = ${expired}`;
+      const stale = async () => {
+        const [{ r }] = await sql`select public.claim_stale_stripe_operations(500, 60) as r`;
+        return (r as { claimed: Row[] }).claimed.filter((c) =>
+          [live, parked, expired].includes(c.operation_id as string)
+        );
+      };
+      const state = async (id: string) => {
+        const [row] = await sql`select status, fencing_token::int as token, locked_until > now() as held
+          from public.stripe_idempotency_keys where operation_id = ${id}`;
+        return { ...row };
+      };
+
+      assert.deepEqual((await stale()).map((c) => [c.operation_id, c.fencing_token]), [[expired, 2]]);
+      assert.deepEqual(
+        await state(live),
+        { status: "in_progress", token: 1, held: true },
+        "the holder keeps its lease",
+      );
+      assert.deepEqual(await state(parked), { status: "needs_attention", token: 1, held: null });
+      assert.deepEqual(await stale(), [], "what was just taken over is live now");
+      await sql`select public.complete_stripe_operation('refund:create', ${live}, ${holder
+        .fencing_token as number}, 're_live')`;
+
+      // a parked operation is looked at again 15 minutes after it was parked, not before
+      await sql`update public.stripe_idempotency_keys set updated_at = now() - interval '14 minutes'
+        where operation_id = ${parked}`;
+      assert.deepEqual(await stale(), []);
+      await sql`update public.stripe_idempotency_keys set updated_at = now() - interval '16 minutes'
+        where operation_id = ${parked}`;
+      assert.deepEqual((await stale()).map((c) => [c.operation_id, c.mode, c.fencing_token]), [[
+        parked,
+        "lookup",
+        2,
+      ]]);
+    } finally {
+      await sql.end();
+    }
+  },
+);
+
+stackTest(
+  "a stale holder can neither park nor defer an operation taken over; the new holder's lease stands",
+  async () => {
+    const sql = await pool(2);
+    try {
+      const id = uid();
+      const first = await claim(sql, "payout:create", id, { a: 1 });
+      // its look-up outlived the lease, and another holder took the operation over
+      await sql`update public.stripe_idempotency_keys set locked_until = now() - interval '1 second'
+        where operation_id = ${id}`;
+      const second = await claim(sql, "payout:create", id, { a: 1 });
+      assert.deepEqual([second.outcome, second.fencing_token], ["acquired", 2]);
+
+      const stale = first.fencing_token as number;
+      for (
+        const [action, call] of [
+          [
+            "park",
+            sql`select public.attention_stripe_operation('payout:create', ${id}, ${stale},
+            '{"reason": "two candidates"}')`,
+          ],
+          [
+            "defer",
+            sql`select public.defer_stripe_operation('payout:create', ${id}, ${stale},
+            'nothing found', now(), true)`,
+          ],
+        ] as const
+      ) {
+        await assert.rejects(
+          call,
+          (e: postgres.PostgresError) =>
+            e.code === "PT409" &&
+            new RegExp(`Cannot ${action} .*fencing token 1 is stale \\(the current one is 2\\)`).test(
+              e.message,
+            ),
+        );
+      }
+      const [row] =
+        await sql`select status, fencing_token::int as token, locked_until > now() as held, evidence,
+          key_burned_at from public.stripe_idempotency_keys where operation_id = ${id}`;
+      assert.deepEqual({ ...row }, {
+        status: "in_progress",
+        token: 2,
+        held: true,
+        evidence: null,
+        key_burned_at: null,
+      });
+      assert.equal((await claim(sql, "payout:create", id, { a: 1 })).outcome, "in_progress");
+
+      // the current holder may
+      const [{ r }] = await sql`select public.defer_stripe_operation('payout:create', ${id}, ${second
+        .fencing_token as number}, 'nothing found', now()) as r`;
+      assert.equal((r as Row).outcome, "deferred");
+      assert.equal((await claim(sql, "payout:create", id, { a: 1 })).fencing_token, 3);
+    } finally {
+      await sql.end();
+    }
+  },
+);
+
+stackTest("nothing found right after a saved 5xx is no proof; 15 minutes after it, it is", async () => {
+  const sql = await pool(2);
+  try {
+    const id = uid();
+    const first = await claim(sql, "refund:create", id, { a: 1 });
+    assert.deepEqual([first.mode, first.absent_is_proof ?? false], ["send", false]);
+    // Stripe replayed a saved 500 for the key and the look-up found nothing; the lease ends at once
+    await sql`select public.defer_stripe_operation('refund:create', ${id}, ${first.fencing_token as number},
+      'saved 500; nothing found', now(), true)`;
+    const next = await claim(sql, "refund:create", id, { a: 1 });
+    assert.deepEqual(
+      [next.outcome, next.mode, next.absent_is_proof],
+      ["acquired", "lookup", false],
+      "the burned key's request may still be making the refund",
+    );
+    await sql`update public.stripe_idempotency_keys set key_burned_at = now() - interval '14 minutes',
+      locked_until = now() - interval '1 second' where operation_id = ${id}`;
+    assert.equal((await claim(sql, "refund:create", id, { a: 1 })).absent_is_proof, false);
+    await sql`update public.stripe_idempotency_keys set key_burned_at = now() - interval '16 minutes',
+      locked_until = now() - interval '1 second' where operation_id = ${id}`;
+    const later = await claim(sql, "refund:create", id, { a: 1 });
+    assert.deepEqual([later.outcome, later.mode, later.absent_is_proof], ["acquired", "lookup", true]);
+  } finally {
+    await sql.end();
+  }
+});
+
+stackTest(
+  "a stale holder of an Idempotency-Key can neither store its answer nor release the key",
+  async () => {
+    const sql = await pool(2);
+    try {
+      const scope = `user:${uid()}`;
+      const key = uid();
+      const claimKey = () =>
+        sql`select public.claim_idempotency_key(${scope}, ${key}, 'test', 'fp') as r`.then(([r]) =>
+          r.r as Row
+        );
+      const first = await claimKey();
+      // the first request outlived its lease; the client's retry took the key over
+      await sql`update public.idempotency_keys set locked_until = now() - interval '1 second'
+        where scope = ${scope} and key = ${key}`;
+      const second = await claimKey();
+      assert.deepEqual([second.outcome, second.fencing_token], ["acquired", 2]);
+
+      const stale = first.fencing_token as number;
+      for (const fn of ["complete", "fail"]) {
+        await assert.rejects(
+          sql`select ${sql.unsafe(`public.${fn}_idempotency_key`)}(${scope}, ${key}, ${stale},
+            ${fn === "complete" ? 201 : 400}, '{}', '{"from": "the stale holder"}')`,
+          (e: postgres.PostgresError) =>
+            e.code === "PT409" && /fencing token 1 is stale \(the current one is 2\)/.test(e.message),
+        );
+      }
+      for (const forget of [false, true]) {
+        await assert.rejects(
+          sql`select public.release_idempotency_key(${scope}, ${key}, ${stale}, ${forget})`,
+          (e: postgres.PostgresError) =>
+            e.code === "PT409" && /fencing token 1 is not the current holder's/.test(e.message),
+        );
+      }
+      const [row] = await sql`select status, fencing_token::int as token, locked_until > now() as held,
+          response_body from public.idempotency_keys where scope = ${scope} and key = ${key}`;
+      assert.deepEqual({ ...row }, { status: "in_progress", token: 2, held: true, response_body: null });
+      assert.equal((await claimKey()).outcome, "in_progress", "the new holder's lease still runs");
+
+      await sql`select public.complete_idempotency_key(${scope}, ${key}, ${second
+        .fencing_token as number}, 201,
+        '{}', '{"from": "the current holder"}')`;
+      const replay = await claimKey();
+      assert.deepEqual([replay.outcome, replay.response_status, replay.response_body], [
+        "replay",
+        201,
+        '{"from": "the current holder"}',
+      ]);
+    } finally {
+      await sql.end();
+    }
+  },
+);

@@ -156,6 +156,117 @@ for (const outcome of ["won", "lost"] as const) {
   );
 }
 
+ledgerTest(
+  "a partly refunded charge disputed in full: the organiser loses the sale once, never more; won, the refund's share stays",
+  async (stack) => {
+    const organiser = await newOrganiser(stack);
+    const order = await paidOrder(stack, organiser, 2);
+    const refund = await call(stack, "refunds", { order_id: order.orderId, amount_cents: 2000 }, {
+      token: organiser.token,
+    });
+    assert.equal(refund.status, 201, refund.text);
+    assert.equal(await net(stack, order.orderId), expectedNet(order, 2000));
+    // the cardholder disputes the whole charge all the same; Stripe withdraws all of it
+    const opened = await stack.stripe!.openDispute(order.paymentIntent);
+    assert.equal(opened.result.amount, order.total);
+    assert.equal(
+      await net(stack, order.orderId),
+      0,
+      "refunded 2000 and disputed in full: the share is the whole sale, not more",
+    );
+    assert.equal((await wallet(organiser)).available_cents, 0);
+
+    await stack.stripe!.closeDispute((opened.result as { id: string }).id, "won");
+    assert.equal(await net(stack, order.orderId), expectedNet(order, 2000), "the refund's share alone");
+  },
+);
+
+/** An order's status, valid tickets and its dispute as recorded. */
+async function disputed(stack: Stack, orderId: string) {
+  const [row] = await stack.db.query<Record<string, unknown>>(
+    `select o.status, (select count(*)::int from events.tickets k where k.order_id = o.id and k.status = 'valid') as valid,
+       d.status as dispute, d.withdrawn_cents as withdrawn, d.reinstated_cents as reinstated
+     from events.orders o join events.disputes d on d.order_id = o.id where o.id = $1`,
+    [orderId],
+  );
+  return { ...row };
+}
+
+for (const outcome of ["won", "lost"] as const) {
+  ledgerTest(
+    `a dispute ${outcome}, its opening events delivered after its closing ones: it stays ${outcome}`,
+    async (stack) => {
+      const organiser = await newOrganiser(stack);
+      const order = await paidOrder(stack, organiser, 2);
+      const opened = await stack.stripe!.openDispute(order.paymentIntent, { deliver: false });
+      const closed = await stack.stripe!.closeDispute((opened.result as { id: string }).id, outcome, {
+        deliver: false,
+      });
+      // Stripe does not promise the order of events: the closing ones come first, the opening ones late
+      for (const events of [closed.events, opened.events]) {
+        const deliveries = await stack.stripe!.deliver(events);
+        assert.ok(deliveries.every((d) => d.status === 200), JSON.stringify(deliveries));
+      }
+      const won = outcome === "won";
+      assert.deepEqual(await disputed(stack, order.orderId), {
+        status: won ? "paid" : "disputed",
+        valid: won ? 2 : 0,
+        dispute: outcome,
+        withdrawn: order.total,
+        reinstated: won ? order.total : 0,
+      });
+      assert.equal(await net(stack, order.orderId), won ? order.subtotal : 0);
+    },
+  );
+}
+
+for (const closingFirst of [false, true]) {
+  ledgerTest(
+    `dispute events without balance transactions say what moved by their type: withdrawn, then won back${
+      closingFirst ? " (the closing events delivered first)" : ""
+    }`,
+    async (stack) => {
+      const organiser = await newOrganiser(stack);
+      const order = await paidOrder(stack, organiser, 2);
+      const opened = await stack.stripe!.openDispute(order.paymentIntent, { deliver: false });
+      const closed = await stack.stripe!.closeDispute((opened.result as { id: string }).id, "won", {
+        deliver: false,
+      });
+      const bare = (e: StripeEvent): StripeEvent => ({
+        ...e,
+        data: { ...e.data, object: { ...e.data.object, balance_transactions: [] } },
+      });
+      const deliver = async (events: StripeEvent[]) => {
+        const deliveries = await stack.stripe!.deliver(events.map(bare));
+        assert.ok(deliveries.every((d) => d.status === 200), JSON.stringify(deliveries));
+      };
+      const [reinstated, closing] = closed.events;
+      assert.deepEqual(closed.events.map((e) => e.type), [
+        "charge.dispute.funds_reinstated",
+        "charge.dispute.closed",
+      ]);
+      if (closingFirst) {
+        await deliver(closed.events);
+        await deliver(opened.events);
+      } else {
+        await deliver(opened.events);
+        assert.equal(await net(stack, order.orderId), 0, "funds_withdrawn: the disputed amount");
+        await deliver([reinstated]);
+        assert.equal(await net(stack, order.orderId), order.subtotal, "funds_reinstated: all of it back");
+        await deliver([closing]);
+      }
+      assert.deepEqual(await disputed(stack, order.orderId), {
+        status: "paid",
+        valid: 2,
+        dispute: "won",
+        withdrawn: order.total,
+        reinstated: order.total,
+      });
+      assert.equal(await net(stack, order.orderId), order.subtotal, "won: credited back once");
+    },
+  );
+}
+
 /** An organiser who sold 10 tickets to their own event and was paid all of it out. */
 async function paidOut(
   stack: Stack,

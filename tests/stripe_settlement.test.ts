@@ -218,3 +218,73 @@ ledgerTest("a saved 500 left by a dead holder is settled by the reconciler's loo
   assert.equal(transfers.length, 1);
   assert.deepEqual(payout, { status: "paid", stripe_transfer_id: transfers[0].id });
 });
+
+ledgerTest(
+  "a refund's look-up after a saved 500 takes only its own refund, never an earlier refund of the payment",
+  async (stack) => {
+    const organiser = await newOrganiser(stack);
+    const order = await paidOrder(stack, organiser, 2);
+    const earlier = await call(stack, "refunds", { order_id: order.orderId, amount_cents: 1000 }, {
+      token: organiser.token,
+    });
+    assert.equal(earlier.status, 201, earlier.text);
+    stack.stripe!.addFault({ kind: "error_after", path: "/v1/refunds", created: false });
+    const key = uid();
+    const body = { order_id: order.orderId, amount_cents: 1500 };
+    assert.equal((await call(stack, "refunds", body, { token: organiser.token, key })).status, 503);
+    const retry = await call(stack, "refunds", body, { token: organiser.token, key });
+    assert.deepEqual(
+      [retry.status, retry.body.type],
+      [409, "/problems/operation-in-progress"],
+      `the earlier refund ${earlier.body.stripe_refund_id} is not this one: ${retry.text}`,
+    );
+    const refunds = await stack.db.query<
+      { amount_cents: number; status: string; stripe_refund_id: string | null }
+    >(
+      "select amount_cents, status, stripe_refund_id from events.refunds where order_id = $1 order by created_at",
+      [order.orderId],
+    );
+    assert.deepEqual(refunds.map((r) => ({ ...r })), [
+      { amount_cents: 1000, status: "succeeded", stripe_refund_id: earlier.body.stripe_refund_id },
+      { amount_cents: 1500, status: "pending", stripe_refund_id: null },
+    ]);
+  },
+);
+
+ledgerTest(
+  "a payout's look-up after a saved 500 takes only its own transfer, not another one of its transfer group",
+  async (stack) => {
+    const organiser = await newOrganiser(stack);
+    await paidOrder(stack, organiser, 2);
+    stack.stripe!.addFault({ kind: "error_after", path: "/v1/transfers", created: false });
+    const key = uid();
+    assert.equal(
+      (await call(stack, "payouts", { amount_cents: 2000 }, { token: organiser.token, key })).status,
+      503,
+    );
+    const [payout] = await stack.db.query<{ id: string }>(
+      "select id from wallet.payouts where organiser_id = $1",
+      [
+        organiser.id,
+      ],
+    );
+    // someone moved money to the organiser by hand, filed under the payout's transfer group, without its metadata
+    const byHand = await stripeClient().transfers.create({
+      amount: 500,
+      currency: "usd",
+      destination: organiser.account,
+      transfer_group: `payout_${payout.id}`,
+    });
+    const retry = await call(stack, "payouts", { amount_cents: 2000 }, { token: organiser.token, key });
+    assert.deepEqual(
+      [retry.status, retry.body.type],
+      [409, "/problems/operation-in-progress"],
+      `${byHand.id} is not the payout's transfer: ${retry.text}`,
+    );
+    const [row] = await stack.db.query<{ status: string; stripe_transfer_id: string | null }>(
+      "select status, stripe_transfer_id from wallet.payouts where id = $1",
+      [payout.id],
+    );
+    assert.deepEqual({ ...row }, { status: "pending", stripe_transfer_id: null });
+  },
+);
