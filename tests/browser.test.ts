@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { testHooks } from "../supabase/functions/_shared/idempotency.ts";
 import { stripeClient } from "../supabase/functions/_shared/stripe.ts";
 import type { Stack } from "../tools/local/stack.ts";
-import { browserTest, checkPage } from "./_browser.ts";
+import { assertAccessible, browserTest, checkPage } from "./_browser.ts";
 import { call, newOrganiser, openOrder, paidOrder, uid, wallet } from "./_flows.ts";
 
 /** Checkout Sessions the emulator made for `email`. */
@@ -208,4 +208,47 @@ browserTest(
     );
     assert.deepEqual(settled, { status: "paid", transfer: duplicate.id, op: "completed" });
   },
+);
+
+browserTest(
+  "the other page states pass axe too (signed out, not an admin, not found), and the keyboard alone buys a ticket",
+  async ({ page }) => {
+    // the pages' main states are checked by the tests above (buyer, order, organiser, operator, sign-in)
+    const states: [string, string, string?][] = [
+      ["organiser, signed out", "/organiser"],
+      ["not found", "/nowhere"],
+      ["operator, not an admin", "/operator", "Sign in as the demo organiser"],
+      ["buyer, signed in", "/", "Sign in as the demo buyer"],
+    ];
+    for (const [label, path, signIn] of states) {
+      if (signIn) {
+        await page.goto("/signin");
+        await page.getByRole("button", { name: signIn }).click();
+        await page.waitForURL((url) => url.pathname !== "/signin");
+      }
+      await page.goto(path);
+      await page.locator("main h1").first().waitFor();
+      await assertAccessible(page, label);
+    }
+    assert.match(await page.locator("main").innerText(), /Buying as buyer@example\.com/);
+
+    // signed out, keyboard only: the skip link, then the form from its first field to Enter
+    await page.evaluate("localStorage.clear()");
+    await page.goto("/");
+    await page.locator("main h1").waitFor();
+    const focused = () => page.evaluate("document.activeElement.id || document.activeElement.textContent");
+    await page.keyboard.press("Tab");
+    assert.equal(await focused(), "Skip to content");
+    await page.keyboard.press("Enter");
+    await page.keyboard.press("Tab");
+    assert.equal(await focused(), "qty-44444444-4444-4444-8444-444444444444");
+    await page.keyboard.type("1");
+    await page.keyboard.press("Tab"); // VIP
+    await page.keyboard.press("Tab"); // email
+    assert.equal(await focused(), "email");
+    await page.keyboard.type(`keys-${uid().slice(0, 8)}@example.com`);
+    await page.keyboard.press("Enter");
+    await page.waitForURL(/\/_emulator\/checkout\/cs_/);
+  },
+  { allowErrors: /status of 403 \(Forbidden\)/ }, // the organiser on the operator page: the RPC's answer
 );
