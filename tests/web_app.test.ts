@@ -170,46 +170,58 @@ stackTest("guests read the catalogue, and their checkout's order with its sessio
   assert.deepEqual([guessed.status, guessed.error?.hint], [404, "order-not-found"]);
 });
 
-stackTest("the stack serves the web app at its root: files, pages by path, its configuration", async () => {
-  const stack = await sharedStack();
-  const root = await Deno.makeTempDir();
-  const dir = `${root}/dist`;
-  try {
-    await Deno.mkdir(`${dir}/assets`, { recursive: true });
-    await Deno.writeTextFile(`${dir}/index.html`, "<!doctype html><title>app</title>");
-    await Deno.writeTextFile(`${dir}/assets/app-1.js`, "export {};");
-    await Deno.writeTextFile(`${root}/secret.txt`, "secret");
-    const { webApp } = await import("../tools/local/web.ts");
-    const serve = webApp(dir, () => ({ supabaseUrl: stack.url, publishableKey: stack.publishableKey }));
-    const get = (path: string, method = "GET") => serve(new Request(`${stack.url}${path}`, { method }));
+stackTest(
+  "the stack serves the web app at its root: its files, its pages by path, its configuration; else 404",
+  async () => {
+    const stack = await sharedStack();
+    const root = await Deno.makeTempDir();
+    const dir = `${root}/dist`;
+    try {
+      await Deno.mkdir(`${dir}/assets`, { recursive: true });
+      await Deno.writeTextFile(`${dir}/index.html`, "<!doctype html><title>app</title>");
+      await Deno.writeTextFile(`${dir}/assets/app-1.js`, "export {};");
+      await Deno.writeTextFile(`${root}/secret.txt`, "secret");
+      const { webApp } = await import("../tools/local/web.ts");
+      const serve = webApp(dir, () => ({ supabaseUrl: stack.url, publishableKey: stack.publishableKey }));
+      const get = (path: string, method = "GET") => serve(new Request(`${stack.url}${path}`, { method }));
 
-    const page = await get("/orders/0b7c5c56-0000-4000-8000-000000000000?session_id=cs_test_1");
-    assert.deepEqual([page.status, page.headers.get("content-type"), await page.text()], [
-      200,
-      "text/html; charset=utf-8",
-      "<!doctype html><title>app</title>",
-    ]);
-    const asset = await get("/assets/app-1.js");
-    assert.match(asset.headers.get("cache-control")!, /immutable/);
-    await asset.body?.cancel();
-    const config = await (await get("/config.json")).json();
-    assert.deepEqual(config, { supabaseUrl: stack.url, publishableKey: stack.publishableKey });
-    for (
-      const path of ["/../secret.txt", "/..%2fsecret.txt", "/assets/..%2f..%2fsecret.txt", "/missing.js"]
-    ) {
-      const res = await get(path);
-      assert.notEqual(await res.text(), "secret", path);
+      const page = await get("/orders/0b7c5c56-0000-4000-8000-000000000000?session_id=cs_test_1");
+      assert.deepEqual([page.status, page.headers.get("content-type"), await page.text()], [
+        200,
+        "text/html; charset=utf-8",
+        "<!doctype html><title>app</title>",
+      ]);
+      const asset = await get("/assets/app-1.js");
+      assert.match(asset.headers.get("cache-control")!, /immutable/);
+      await asset.body?.cancel();
+      const config = await (await get("/config.json")).json();
+      assert.deepEqual(config, { supabaseUrl: stack.url, publishableKey: stack.publishableKey });
+      for (
+        const path of ["/../secret.txt", "/..%2fsecret.txt", "/assets/..%2f..%2fsecret.txt", "/missing.js"]
+      ) {
+        const res = await get(path);
+        assert.notEqual(await res.text(), "secret", path);
+      }
+      for (const path of ["/missing.js", "/nowhere", "/orders/not-an-id"]) {
+        const res = await get(path);
+        assert.deepEqual(
+          [res.status, res.headers.get("content-type")],
+          [404, "application/problem+json"],
+          path,
+        );
+        await res.body?.cancel();
+      }
+      assert.equal(page.headers.get("access-control-allow-origin"), "*");
+      assert.equal((await get("/", "POST")).status, 405);
+      // and through the stack: the config has the stack's own URL and key; nothing secret
+      const served = await (await fetch(`${stack.url}/config.json`)).json();
+      assert.deepEqual(served, {
+        supabaseUrl: stack.url,
+        publishableKey: stack.publishableKey,
+        localSignIn: true,
+      });
+    } finally {
+      await Deno.remove(root, { recursive: true });
     }
-    assert.equal((await get("/missing.js")).status, 404);
-    assert.equal((await get("/", "POST")).status, 405);
-    // and through the stack: the config has the stack's own URL and key; nothing secret
-    const served = await (await fetch(`${stack.url}/config.json`)).json();
-    assert.deepEqual(served, {
-      supabaseUrl: stack.url,
-      publishableKey: stack.publishableKey,
-      localSignIn: true,
-    });
-  } finally {
-    await Deno.remove(root, { recursive: true });
-  }
-});
+  },
+);

@@ -8,7 +8,7 @@
 import { extname, join, normalize } from "node:path";
 import type { Queryable } from "./db.ts";
 import { PROJECT_DIR } from "./db.ts";
-import { CORS_HEADERS, problem, requestIdOf } from "./http.ts";
+import { CORS_HEADERS, problem, requestIdOf, withCors } from "./http.ts";
 import { type ProjectKeys, userToken } from "./jwt.ts";
 
 /** Where `buildWeb` writes the app. */
@@ -44,15 +44,20 @@ const TYPES: Record<string, string> = {
   ".webmanifest": "application/manifest+json",
 };
 
+/** The app's pages (web/src/main.ts routes them); `/orders/<id>` is where Checkout sends buyers back. */
+export const WEB_PAGES = /^\/(?:events\/[0-9a-f-]{36}|orders\/[0-9a-f-]{36}|organiser|operator|signin)?\/?$/;
+
 /**
- * Serves the built app from `dir`: its files, and `index.html` for any other page path (the app routes by
- * path: `/orders/<id>` is where Checkout sends buyers back). Hashed assets are cached for good, pages never.
+ * Serves the built app from `dir`: its files, and `index.html` for its pages (`WEB_PAGES`); anything else is
+ * the stack's 404. Hashed assets are cached for good, pages never; CORS and `X-Request-Id` as on every answer.
  */
 export function webApp(
   dir: string,
   config: () => Record<string, unknown>,
 ): (req: Request) => Promise<Response> {
-  return async (req) => {
+  return async (req) => withCors(await serve(req), requestIdOf(req));
+
+  async function serve(req: Request): Promise<Response> {
     const path = decodeURIComponent(new URL(req.url).pathname);
     if (req.method !== "GET" && req.method !== "HEAD") {
       return problem({
@@ -67,8 +72,8 @@ export function webApp(
       return Response.json(config(), { headers: { "cache-control": "no-store" } });
     }
     const file = normalize(join(dir, path));
-    const inside = file.startsWith(dir + "/");
-    for (const candidate of inside && extname(file) ? [file] : [join(dir, "index.html")]) {
+    const page = WEB_PAGES.test(path);
+    for (const candidate of page ? [join(dir, "index.html")] : file.startsWith(dir + "/") ? [file] : []) {
       try {
         const body = await Deno.readFile(candidate);
         const immutable = candidate.includes(`${dir}/assets/`);
@@ -86,12 +91,12 @@ export function webApp(
     return problem({
       status: 404,
       type: "not-found",
-      detail: extname(path)
-        ? `No file ${path} in the web app`
-        : "The web app is not built: `npm run dev` builds it (web/dist)",
+      detail: page
+        ? "The web app is not built: `npm run dev` builds it (web/dist)"
+        : "No route: try /, /functions/v1/<name>, /rest/v1/rpc/<fn> or /auth/v1/.well-known/jwks.json",
       requestId: requestIdOf(req),
     });
-  };
+  }
 }
 
 /**
