@@ -20,3 +20,9 @@ on conflict (id) do nothing;
 insert into events.payout_accounts (organiser_id, stripe_account_id, payouts_enabled) values
   ('11111111-1111-4111-8111-111111111111', 'acct_demo_organizer', true)
 on conflict (organiser_id) do nothing;
+
+-- The demo operator: a platform admin (app_metadata.role, which Auth puts in the user's tokens), for the
+-- web app's operator page.
+insert into auth.users (id, email, raw_app_meta_data) values
+  ('77777777-7777-4777-8777-777777777777', 'operator@example.com', '{"role": "platform_admin"}')
+on conflict (id) do nothing;

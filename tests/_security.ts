@@ -57,6 +57,16 @@ export const EXPECTED_EXECUTE: Record<string, string[]> = {
   "public.apply_stripe_object(text,jsonb,jsonb)": ["service_role"],
   "public.audit_finish(jsonb,bigint,uuid,uuid)": ["service_role"],
   "public.audit_order(uuid)": ["service_role"],
+  // the web app's reads (migration 20261130000100_web_reads): guests read the catalogue and their checkout's
+  // order; organisers their own money; platform admins (checked in SQL) the operations, and resolve them
+  "public.get_event(uuid)": ["anon", "authenticated"],
+  "public.get_checkout_order(uuid,text)": ["anon", "authenticated"],
+  "public.get_wallet_history(text,integer)": ["authenticated"],
+  "public.list_organiser_orders(integer)": ["authenticated"],
+  "public.list_payouts(integer)": ["authenticated"],
+  "public.operator_overview()": ["authenticated"],
+  "public.operator_operations(text,integer)": ["authenticated"],
+  "public.operator_resolve(text,text,jsonb,jsonb)": ["authenticated"],
 };
 
 const PROJECT_SCHEMAS = ["public", "private", "events", "wallet"];

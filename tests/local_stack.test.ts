@@ -325,7 +325,8 @@ function dev(env: Record<string, string>) {
 }
 
 Deno.test({
-  name: "npm run dev serves functions, RPCs, the JWKS and the Stripe emulator with no PostgreSQL server",
+  name:
+    "npm run dev serves functions, RPCs, the JWKS, the web app and the Stripe emulator with no PostgreSQL server",
   sanitizeResources: false,
   sanitizeOps: false,
   fn: async () => {
@@ -353,6 +354,14 @@ Deno.test({
       assert.deepEqual(invoked.data?.body, { ok: true });
       const jwks = await (await fetch(`${url}/auth/v1/.well-known/jwks.json`)).json();
       assert.equal(jwks.keys[0].alg, "ES256");
+      // the web app, built by the same command, at the root and at any page path
+      assert.equal(field("Web app"), `${url}/`);
+      for (const path of ["/", "/organiser"]) {
+        assert.match(
+          await (await fetch(`${url}${path}`)).text(),
+          /<script type="module" crossorigin src="\/assets\/index-[\w-]+\.js">[\s\S]*<main id="main"/,
+        );
+      }
 
       const emulator = printed.match(/emulator at (\S+)/);
       assert.ok(emulator, `no emulator line in: ${printed}`);

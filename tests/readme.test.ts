@@ -36,6 +36,10 @@ const NOT_HERE: { marker: string; reason: string }[] = [
     reason: "a hosted project's Vault, pg_cron and pg_net; the local stack's PGlite has no SQL port",
   },
   {
+    marker: "VITE_SUPABASE_URL=https://<ref>.supabase.co",
+    reason: "builds the web app for a hosted project and sets that project's SITE_URL secret",
+  },
+  {
     marker: "public.resolve_stripe_operation(",
     reason: "an operator's template (`<payout id>`) for an operation in needs_attention",
   },

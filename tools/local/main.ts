@@ -1,12 +1,15 @@
 /**
- * `npm run dev`: starts the local stack and prints how to use it; a configuration problem is one line
- * on stderr and exit code 1.
+ * `npm run dev`: builds the web app (Vite), starts the local stack and prints how to use it; a
+ * configuration problem is one line on stderr and exit code 1.
  * @module
  */
 import { type Stack, StackError, startStack } from "./stack.ts";
+import { buildWeb } from "./web.ts";
 
 let stack: Stack;
 try {
+  console.log("Building the web app (vite build web)...");
+  await buildWeb();
   stack = await startStack();
 } catch (e) {
   const message = e instanceof StackError
@@ -32,6 +35,7 @@ const pay = stack.stripe
 
 console.log(`
 Local stack ready
+  Web app              ${stack.url}/  (sign in as a demo user at ${stack.url}/signin)
   API URL              ${stack.url}
   Functions            ${stack.url}/functions/v1/<name>
   REST (RPC only)      ${stack.url}/rest/v1/rpc/<fn>
@@ -47,6 +51,7 @@ Local stack ready
   Demo (supabase/seed.sql)
   organiser            11111111-1111-4111-8111-111111111111
   buyer                22222222-2222-4222-8222-222222222222
+  operator (admin)     77777777-7777-4777-8777-777777777777
   event "Demo Night"   33333333-3333-4333-8333-333333333333
   tier GA (2500)       44444444-4444-4444-8444-444444444444
   tier VIP (10000)     55555555-5555-4555-8555-555555555555

@@ -23,6 +23,7 @@ import {
 } from "./jwt.ts";
 import { createRestGateway } from "./rest_gateway.ts";
 import { startStripeEmulator, type StripeEmulator } from "./stripe_emulator/mod.ts";
+import { localSignIn, WEB_DIST, webApp } from "./web.ts";
 
 /** Everything configurable; each option falls back to its environment variable, then a default. */
 export interface StackOptions {
@@ -76,6 +77,8 @@ export interface StackOptions {
   functionEnv?: Record<string, string | null>;
   /** The `supabase` folder to serve (`SUPABASE_DIR`, default the project's): config.toml, migrations, seed.sql, functions/. */
   supabaseDir?: string;
+  /** The built web app served at `/` (default `web/dist`, which `npm run dev` builds). */
+  webDir?: string;
 }
 
 /** A running stack. */
@@ -199,12 +202,20 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       STRIPE_SECRET_KEY: stripeKey ?? EMULATOR_SECRET_KEY,
       STRIPE_WEBHOOK_SECRET: webhookSecret,
       STRIPE_API_BASE: stripeApiBase,
-      ...optional("SITE_URL", env("SITE_URL")),
+      // where Checkout sends buyers back: the web app at the stack's root, unless set
+      SITE_URL: env("SITE_URL") ?? url,
       ...optional("LOG_LEVEL", env("LOG_LEVEL")),
       ...optional("CLIENT_IP_HEADER", clientIpHeader),
       ...options.functionEnv,
     });
 
+    // the issuer is the address the server listens on, known once it does
+    const signIn = localSignIn(db, keys, () => issuerOf(url));
+    const web = webApp(options.webDir ?? WEB_DIST, () => ({
+      supabaseUrl: url,
+      publishableKey: keys.publishableKey,
+      localSignIn: true,
+    }));
     // made once the server listens: the functions' SUPABASE_URL is its address
     const hosted: { functions?: FunctionsHost } = {};
     let server: Deno.HttpServer<Deno.NetAddr>;
@@ -218,12 +229,17 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
             headers: { ...CORS_HEADERS, "cache-control": "public, max-age=600" },
           });
         }
-        return problem({
-          status: 404,
-          type: "not-found",
-          detail: "No route: try /functions/v1/<name>, /rest/v1/rpc/<fn> or /auth/v1/.well-known/jwks.json",
-          requestId: newRequestId(),
-        });
+        if (path === "/auth/v1/local/token") return signIn(req);
+        if (path.startsWith("/auth/v1/")) {
+          return problem({
+            status: 404,
+            type: "not-found",
+            detail:
+              "No route: the local stack serves /auth/v1/.well-known/jwks.json and /auth/v1/local/token",
+            requestId: newRequestId(),
+          });
+        }
+        return web(req);
       });
     } catch (e) {
       throw e instanceof Deno.errors.AddrInUse ? portInUse(port, "PORT") : e;

@@ -14,7 +14,8 @@ import { stripeClient } from "../_shared/stripe.ts";
 import { rpc } from "../_shared/supabase.ts";
 import { parseBody, z } from "../_shared/validate.ts";
 
-const PayoutBody = z.strictObject({
+/** The body, also the client's type for it (client/endpoints.ts). */
+export const PayoutBody = z.strictObject({
   amount_cents: z.int().min(1).max(MAX_AMOUNT),
   currency: z.string().toLowerCase().pipe(z.enum(Object.keys(CURRENCIES) as [Currency, ...Currency[]]))
     .optional(),

@@ -15,7 +15,8 @@ import { MAX_AMOUNT, REFUND_REASONS } from "../_shared/stripe_contract.ts";
 import { rpc } from "../_shared/supabase.ts";
 import { parseBody, z } from "../_shared/validate.ts";
 
-const RefundBody = z.strictObject({
+/** The body, also the client's type for it (client/endpoints.ts). */
+export const RefundBody = z.strictObject({
   order_id: z.uuid(),
   amount_cents: z.int().min(1).max(MAX_AMOUNT).optional(),
   // `fraudulent` only for platform admins (create_refund)

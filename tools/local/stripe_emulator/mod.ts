@@ -662,7 +662,8 @@ export class StripeEmulator {
     const html = (status: number, content: string): Reply => ({
       status,
       headers: { "content-type": "text/html; charset=utf-8" },
-      body: `<!doctype html><title>Checkout ${id}</title><h1>Emulated Checkout</h1>${content}`,
+      body: `<!doctype html><html lang="en"><title>Checkout ${id}</title><link rel="icon" href="data:,">` +
+        `<h1>Emulated Checkout</h1>${content}`,
     });
     const session = C.getCheckoutSession(this.state, id);
     if (method === "POST") {
