@@ -244,7 +244,13 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     } catch (e) {
       throw e instanceof Deno.errors.AddrInUse ? portInUse(port, "PORT") : e;
     }
-    closers.push(() => server.shutdown());
+    // a graceful shutdown waits for every connection's answer; one left unfinished (a worker killed while
+    // it streamed) would hold `close()` for ever, so it is given 5 s
+    closers.push(async () => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([server.shutdown(), new Promise<void>((r) => timer = setTimeout(r, 5_000))]);
+      clearTimeout(timer);
+    });
     url = `http://127.0.0.1:${server.addr.port}`;
     if (stripe) stripe.options.webhookUrl = `${url}/functions/v1/stripe-webhook`;
     const functions = hosted.functions = await createFunctionsHost({
