@@ -126,7 +126,7 @@ stackTest(
       probability: 0.5,
       kinds: ["reset_after", "error_before", "in_flight", "latency"],
       maxLatencyMs: 400,
-      random,
+      seed: SEED,
     });
     testHooks.afterStripe = () => {
       if (random() < 0.08) throw new Error("chaos: the handler died after Stripe answered");
