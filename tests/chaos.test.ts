@@ -36,6 +36,8 @@ import { sharedStack, stackTest } from "./_helpers.ts";
 const SEED = Number(Deno.env.get("CHAOS_SEED") ?? Date.now() % 1_000_000);
 const KINDS: Chaos["kinds"] = ["reset_after", "error_before", "in_flight", "latency"];
 const DEATH_PROBABILITY = 0.08;
+/** Clients sending at once, each its key's sends one after another. */
+const CLIENTS = 40;
 /** Attempts the functions' Stripe client makes per call (`maxNetworkRetries: 2`). */
 const SDK_ATTEMPTS = 3;
 /**
@@ -271,7 +273,7 @@ async function chaosRun(stack: Stack, seed: number, sizes: Sizes): Promise<Chaos
           if (i === 2) await deliverFor(k.name);
         }
       }),
-      24,
+      CLIENTS,
     );
   } finally {
     stripe.clearFaults();
