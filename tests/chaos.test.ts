@@ -408,20 +408,48 @@ stackTest(
     assert.ok(!run.faults.some((f) => f.startsWith("unlabelled")), "every faulted request has its key");
     assertAccounted(run);
 
-    // 1. No operation is left without its object or its recorded failure.
+    const ops = await stack.db.query<
+      { operation_type: string; operation_id: string; stripe_resource_id: string | null; status: string }
+    >(
+      "select operation_type, operation_id, stripe_resource_id, status from public.stripe_idempotency_keys",
+    );
+    // 1. After the reconciler, every key answers 201 with the object its operation recorded (or, for a
+    // refund of a disputed charge, the refusal Stripe gave it), and every 201 a client saw carried it.
+    for (const k of run.keys) {
+      const final = run.final.get(k.name)!;
+      const table = { "enhanced-checkout": "events.orders", "guest-checkout": "events.orders" }[k.fn] ??
+        (k.fn === "refunds" ? "events.refunds" : "wallet.payouts");
+      const [row] = await stack.db.query<{ id: string }>(
+        `select id from ${table} where idempotency_key = $1`,
+        [k.key],
+      );
+      assert.ok(row, `${k.name}: its ${table} row`);
+      const op = ops.find((o) => o.operation_id === row.id)!;
+      assert.ok(op, `${k.name}: its operation`);
+      if (k.dashboard === "dispute" && op.status === "failed") {
+        assert.equal(final.status, 422, `${k.name}: ${final.text}`);
+        continue;
+      }
+      assert.equal(op.status, "completed", `${k.name}: ${JSON.stringify(op)}`);
+      const idOf = (a: Answer) =>
+        a.body.checkout_session_id ?? a.body.stripe_refund_id ?? a.body.stripe_transfer_id;
+      assert.equal(final.status, 201, `${k.name}: ${final.text}`);
+      assert.equal(idOf(final), op.stripe_resource_id, `${k.name}: the recorded object`);
+      assert.equal(final.body.order_id ?? final.body.refund_id ?? final.body.payout_id, row.id, k.name);
+      for (const a of run.answers.get(k.name)!.filter((a) => a.status === 201)) {
+        assert.equal(idOf(a), op.stripe_resource_id, `${k.name}: every 201 carries the recorded object`);
+      }
+    }
+
+    // 2. No operation is left without its object or its recorded failure.
     const open = await stack.db.query(
       `select operation_type, operation_id, status from public.stripe_idempotency_keys
     where status not in ('completed', 'failed')`,
     );
     assert.deepEqual([...open], [], "every operation completed or failed");
 
-    // 2. One Stripe object per operation, and it is the one recorded; every Stripe object belongs to
+    // 3. One Stripe object per operation, and it is the one recorded; every Stripe object belongs to
     // exactly one operation (the dashboard's refunds to none).
-    const ops = await stack.db.query<
-      { operation_type: string; operation_id: string; stripe_resource_id: string | null; status: string }
-    >(
-      "select operation_type, operation_id, stripe_resource_id, status from public.stripe_idempotency_keys",
-    );
     const reversals = [...emu.state.transfers.values()].flatMap((t) =>
       (t.reversals as { data: StripeObject[] }).data
     );
@@ -460,34 +488,6 @@ stackTest(
         !(r.metadata as Record<string, string> | null)?.refund_id
       ),
     );
-
-    // 3. After the reconciler, every key answers 201 with the object its operation recorded (or, for a
-    // refund of a disputed charge, the refusal Stripe gave it), and every 201 a client saw carried it.
-    for (const k of run.keys) {
-      const final = run.final.get(k.name)!;
-      const table = { "enhanced-checkout": "events.orders", "guest-checkout": "events.orders" }[k.fn] ??
-        (k.fn === "refunds" ? "events.refunds" : "wallet.payouts");
-      const [row] = await stack.db.query<{ id: string }>(
-        `select id from ${table} where idempotency_key = $1`,
-        [k.key],
-      );
-      assert.ok(row, `${k.name}: its ${table} row`);
-      const op = ops.find((o) => o.operation_id === row.id)!;
-      assert.ok(op, `${k.name}: its operation`);
-      if (k.dashboard === "dispute" && op.status === "failed") {
-        assert.equal(final.status, 422, `${k.name}: ${final.text}`);
-        continue;
-      }
-      assert.equal(op.status, "completed", `${k.name}: ${JSON.stringify(op)}`);
-      const idOf = (a: Answer) =>
-        a.body.checkout_session_id ?? a.body.stripe_refund_id ?? a.body.stripe_transfer_id;
-      assert.equal(final.status, 201, `${k.name}: ${final.text}`);
-      assert.equal(idOf(final), op.stripe_resource_id, `${k.name}: the recorded object`);
-      assert.equal(final.body.order_id ?? final.body.refund_id ?? final.body.payout_id, row.id, k.name);
-      for (const a of run.answers.get(k.name)!.filter((a) => a.status === 201)) {
-        assert.equal(idOf(a), op.stripe_resource_id, `${k.name}: every 201 carries the recorded object`);
-      }
-    }
 
     // 4. The ledger: balance = sum of entries; never below zero through the organiser's own actions (what
     // the dashboard and disputes took may leave it owing).
