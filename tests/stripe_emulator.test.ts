@@ -7,6 +7,8 @@ import { Stripe } from "../supabase/functions/_shared/stripe.ts";
 import { ENDPOINTS } from "../tools/local/stripe_emulator/routes.ts";
 import { waitFor, withTimeout } from "./_helpers.ts";
 import {
+  type Chaos,
+  chaosFault,
   type EmulatorOptions,
   startStripeEmulator,
   type StripeEmulator,
@@ -295,6 +297,78 @@ emulatorTest("in_flight fault answers 409 without storing the key", async (emu, 
       e.code === "charge_not_refundable" && !e.headers?.["idempotent-replayed"],
   );
 });
+
+emulatorTest(
+  "chaos draws each request's fault from (seed, key's label, attempt): the same whatever the interleaving",
+  async (emu, stripe) => {
+    const kinds: Chaos["kinds"] = ["reset_after", "error_before", "in_flight", "latency"];
+    const log = (run: string) =>
+      emu.requests.filter((r) => r.idempotencyKey?.startsWith(`${run}-`))
+        .map((r) => `${r.label}#${r.attempt}:${r.fault}`).sort();
+    // Two runs of 24 keys x 2 attempts, the second in the opposite order and all at once; keys are named
+    // without their run, as a test names keys that are random.
+    const run = async (name: string, seed: number, order: number[]) => {
+      emu.setChaos({
+        seed,
+        probability: 0.6,
+        kinds,
+        maxLatencyMs: 5,
+        label: (k) => k.slice(k.indexOf("-") + 1),
+      });
+      for (let attempt = 0; attempt < 2; attempt++) {
+        await Promise.allSettled(
+          order.map((i) =>
+            stripe.paymentIntents.create({ amount: 1000 + i, currency: "usd" }, {
+              idempotencyKey: `${name}-k${i}`,
+            })
+          ),
+        );
+      }
+      emu.clearFaults();
+      return log(name);
+    };
+    const keys = Array.from({ length: 24 }, (_, i) => i);
+    const first = await run("a", 42, keys);
+    const second = await run("b", 42, [...keys].reverse());
+    const other = await run("c", 43, keys);
+    assert.equal(first.length, 48);
+    assert.deepEqual(second, first, "the same seed gives each (key, attempt) the same fault");
+    assert.notDeepEqual(other, first, "another seed gives other faults");
+    const expected = keys.flatMap((i) =>
+      [1, 2].map((attempt) =>
+        `k${i}#${attempt}:${
+          chaosFault({ seed: 42, probability: 0.6, kinds, maxLatencyMs: 5 }, {
+            method: "POST",
+            path: "/v1/payment_intents",
+            key: `k${i}`,
+            attempt,
+          })?.kind ?? null
+        }`
+      )
+    ).sort();
+    assert.deepEqual(first, expected, "what chaosFault predicts");
+    for (const kind of kinds) assert.ok(first.some((f) => f.endsWith(`:${kind}`)), `${kind} drawn`);
+    assert.ok(first.some((f) => f.endsWith(":null")), "and some requests get no fault");
+
+    // The control route: a seed over HTTP, the key itself as its label; DELETE stops it.
+    const control = (method: string, body?: unknown) =>
+      fetch(`${emu.url}/_emulator/chaos`, {
+        method,
+        body: body === undefined ? undefined : JSON.stringify(body),
+      }).then((r) => r.json());
+    await control("POST", { seed: 7, probability: 1, kinds: ["in_flight"] });
+    await assert.rejects(
+      stripe.paymentIntents.create({ amount: 1000, currency: "usd" }, { idempotencyKey: "http-k" }),
+      (e: Stripe.errors.StripeError) => e.statusCode === 409,
+    );
+    await control("DELETE");
+    await stripe.paymentIntents.create({ amount: 1000, currency: "usd" }, { idempotencyKey: "http-k" });
+    assert.deepEqual(
+      emu.requests.filter((r) => r.idempotencyKey === "http-k").map((r) => [r.attempt, r.label, r.fault]),
+      [[1, "http-k", "in_flight"], [2, null, null]],
+    );
+  },
+);
 
 emulatorTest("a bad API key is refused with 401", async (emu) => {
   const url = new URL(emu.url);

@@ -51,13 +51,71 @@ export interface Fault {
   error?: { type: string; code?: string; message: string };
 }
 
-/** Random faults: each API request gets one of `kinds` with `probability` (drawn from `random`). */
+/**
+ * Faults drawn per request, deterministically: a POST gets one of `kinds` with `probability`, drawn from a
+ * hash of (`seed`, method, path with object ids blanked, the request's key label, the n-th request with
+ * that Idempotency-Key), so that how concurrent requests interleave never changes which fault a request
+ * gets (see `chaosFault`).
+ */
 export interface Chaos {
+  seed: number;
   probability: number;
   kinds: Fault["kind"][];
   /** Latency spikes last up to this long. */
   maxLatencyMs?: number;
-  random?: () => number;
+  /**
+   * A name for an Idempotency-Key that stays the same from run to run (the key itself by default). The
+   * products' Stripe keys are random, so a test that wants `seed` to repeat a run names each key after
+   * what it stands for (e.g. "the 3rd refund").
+   */
+  label?: (idempotencyKey: string) => string | Promise<string>;
+}
+
+/** A request as the chaos picker sees it. */
+export interface ChaosRequest {
+  method: string;
+  path: string;
+  /** The Idempotency-Key's label (the key itself, or `Chaos.label`'s name for it), or null. */
+  key: string | null;
+  /** 1 for the first request with this Idempotency-Key, 2 for the next, ... */
+  attempt: number;
+}
+
+/** FNV-1a (32 bits) of `parts` joined by newlines: a seed for `mulberry32`. */
+export function hashSeed(...parts: (string | number | null)[]): number {
+  let h = 0x811c9dc5;
+  for (const c of parts.map(String).join("\n")) {
+    h ^= c.codePointAt(0)!;
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h >>> 0;
+}
+
+/** mulberry32: a small seeded PRNG, numbers in [0, 1). */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * The fault chaos gives `request`, or undefined: a pure function of the chaos settings and the request, so
+ * that a seed repeats the faults whatever the interleaving (and a separate process can draw the same).
+ * Only POSTs get faults; object ids in the path (`/v1/transfers/tr_.../reversals`) are blanked.
+ */
+export function chaosFault(chaos: Omit<Chaos, "label">, request: ChaosRequest): Fault | undefined {
+  if (request.method !== "POST" || chaos.kinds.length === 0) return undefined;
+  const path = request.path.replace(/\/[a-z]+_[A-Za-z0-9_]+/g, "/{id}");
+  const random = mulberry32(hashSeed(chaos.seed, request.method, path, request.key, request.attempt));
+  if (random() >= chaos.probability) return undefined;
+  const kind = chaos.kinds[Math.floor(random() * chaos.kinds.length)];
+  const ms = Math.floor(random() * (chaos.maxLatencyMs ?? 300));
+  return { kind, ms, ...(kind === "error_after" ? { created: random() < 0.5 } : {}) };
 }
 
 /** One API request as the emulator saw it. */
@@ -68,6 +126,10 @@ export interface RequestRecord {
   status: number;
   replayed: boolean;
   fault: Fault["kind"] | null;
+  /** The n-th request with this Idempotency-Key (1 for the first), 0 without a key. */
+  attempt: number;
+  /** Under chaos, the key's label the fault was drawn for (see `Chaos.label`), else null. */
+  label: string | null;
 }
 
 /** One attempt to deliver an event to the webhook. */
@@ -132,6 +194,7 @@ export class StripeEmulator {
   url = "";
   #faults: (Fault & { left: number })[] = [];
   #chaos: Chaos | null = null;
+  #attempts = new Map<string, number>();
   #keys = new Map<string, Entry>();
   #outbox: R.StripeEvent[] = [];
   #server?: http.Server;
@@ -179,9 +242,10 @@ export class StripeEmulator {
     this.#chaos = null;
   }
 
-  /** Injects random faults into API requests from now on (until `clearFaults`). */
+  /** Injects faults drawn by `chaosFault` into API requests from now on (until `clearFaults`). */
   setChaos(chaos: Chaos): void {
     this.#chaos = chaos;
+    this.#server?.closeIdleConnections();
   }
 
   /**
@@ -404,6 +468,10 @@ export class StripeEmulator {
       req.socket.destroy();
       return;
     }
+    // Under chaos, one request per connection: a client's transport resends a request that lost its
+    // connection when the connection was a reused one, and whether it was depends on timing; a request
+    // resent so would be an attempt more, and the seed would not repeat the run.
+    if (this.#chaos) res.shouldKeepAlive = false;
     res.writeHead(reply.status, { "content-type": "application/json", ...reply.headers });
     res.end(reply.body);
   }
@@ -417,6 +485,11 @@ export class StripeEmulator {
     const path = url.pathname;
     const requestId = R.newId("req");
     const idemKey = (headers["idempotency-key"] as string | undefined) ?? null;
+    let attempt = 0;
+    if (idemKey !== null) {
+      attempt = (this.#attempts.get(idemKey) ?? 0) + 1;
+      this.#attempts.set(idemKey, attempt);
+    }
     const record: RequestRecord = {
       method,
       path,
@@ -424,6 +497,8 @@ export class StripeEmulator {
       status: 0,
       replayed: false,
       fault: null,
+      attempt,
+      label: null,
     };
     this.requests.push(record);
     const out = (status: number, payload: unknown, extra: Record<string, string> = {}): Reply => {
@@ -454,7 +529,7 @@ export class StripeEmulator {
       return error(400, { type: "invalid_request_error", message: `Invalid Stripe API version: ${version}` });
     }
 
-    const fault = this.#takeFault(method, path);
+    const fault = await this.#takeFault(record);
     record.fault = fault?.kind ?? null;
     // Faults in front of the API (a 500 from a load balancer, the rate limiter, a delay) come first; a reset
     // drops the connection after the answer was decided, whether it was executed or replayed.
@@ -594,6 +669,20 @@ export class StripeEmulator {
         this.clearFaults();
         return json(200, { faults: 0 });
       }
+      if (path === "/_emulator/chaos" && method === "POST") {
+        const chaos: Chaos = {
+          seed: Number(input.seed ?? 0),
+          probability: Number(input.probability ?? 0.5),
+          kinds: input.kinds ?? ["reset_after", "error_before", "in_flight", "latency"],
+          ...(input.max_latency_ms !== undefined ? { maxLatencyMs: Number(input.max_latency_ms) } : {}),
+        };
+        this.setChaos(chaos);
+        return json(200, chaos);
+      }
+      if (path === "/_emulator/chaos" && method === "DELETE") {
+        this.clearFaults();
+        return json(200, { chaos: null });
+      }
       if (path === "/_emulator/options" && method === "POST") {
         if (input.funds_delay_seconds !== undefined) {
           this.options.fundsDelaySeconds = Number(input.funds_delay_seconds);
@@ -684,7 +773,8 @@ export class StripeEmulator {
     );
   }
 
-  #takeFault(method: string, path: string): Fault | undefined {
+  async #takeFault(record: RequestRecord): Promise<Fault | undefined> {
+    const { method, path } = record;
     const fault = this.#faults.find((f) =>
       f.left > 0 && (!f.method || f.method === method) && (!f.path || path.startsWith(f.path))
     );
@@ -695,11 +785,9 @@ export class StripeEmulator {
     }
     const chaos = this.#chaos;
     if (!chaos || method !== "POST") return undefined;
-    const random = chaos.random ?? Math.random;
-    if (random() >= chaos.probability) return undefined;
-    const kind = chaos.kinds[Math.floor(random() * chaos.kinds.length)];
-    const ms = Math.floor(random() * (chaos.maxLatencyMs ?? 300));
-    return { kind, ms, ...(kind === "error_after" ? { created: random() < 0.5 } : {}) };
+    const key = record.idempotencyKey;
+    record.label = key !== null && chaos.label ? await chaos.label(key) : key;
+    return chaosFault(chaos, { method, path, key: record.label, attempt: record.attempt });
   }
 
   #track(p: Promise<unknown>): void {
