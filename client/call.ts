@@ -179,7 +179,9 @@ function retryAfterMs(problem: ProblemError): number {
  * this attempt alone: the earlier one may still have done the work, and only its key can find it again.
  */
 function isDefinite(problem: ProblemError, outcomeUnknown: boolean, replayed: boolean): boolean {
-  if (problem.status < 400 || problem.status >= 500 || problem.code === "operation-needs-attention") return false;
+  if (problem.status < 400 || problem.status >= 500 || problem.code === "operation-needs-attention") {
+    return false;
+  }
   return !outcomeUnknown || replayed || problem instanceof IdempotencyKeyReusedError;
 }
 

@@ -62,7 +62,10 @@ export function intentKey(storage: KeyStorage, intent: string, now = Date.now())
   const stored = storedKey(storage, intent, now);
   if (stored) return stored;
   const key = newKey();
-  storage.setItem(KEY_PREFIX + intent, JSON.stringify({ key, expires_at: now + KEY_TTL_MS } satisfies Stored));
+  storage.setItem(
+    KEY_PREFIX + intent,
+    JSON.stringify({ key, expires_at: now + KEY_TTL_MS } satisfies Stored),
+  );
   return key;
 }
 

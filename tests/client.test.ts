@@ -9,10 +9,10 @@ import {
   DeadlineError,
   fetchTransport,
   IdempotencyKeyReusedError,
-  intentOf,
-  invokeTransport,
   IN_PROGRESS_WAIT_SECONDS,
   intentKey,
+  intentOf,
+  invokeTransport,
   KEY_PREFIX,
   KEY_TTL_MS,
   memoryStorage,
@@ -267,7 +267,10 @@ Deno.test("422 idempotency-key-reused is a programming error; the key is dropped
 Deno.test("a 500 and 409 operation-needs-attention are not retried, and keep the key", async () => {
   for (const answer of [problem(500, "internal"), problem(409, "operation-needs-attention")]) {
     const { tickets, storage, seen } = setup([answer]);
-    await assert.rejects(tickets.payout({ amount_cents: 500 }), (e) => e instanceof ProblemError && e.keyKept);
+    await assert.rejects(
+      tickets.payout({ amount_cents: 500 }),
+      (e) => e instanceof ProblemError && e.keyKept,
+    );
     assert.equal(seen.length, 1);
     assert.equal(storage.items.size, 1, answer.body.type);
   }

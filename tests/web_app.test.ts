@@ -12,7 +12,8 @@ const EVENT = "33333333-3333-4333-8333-333333333333";
 async function signIn(stack: Stack, userId: string) {
   const res = await fetch(`${stack.url}/auth/v1/local/token`, {
     method: "POST",
-    headers: { "content-type": "application/json" },
+    // as the stack's own sign-in page sends it
+    headers: { "content-type": "application/json", origin: stack.url },
     body: JSON.stringify({ user_id: userId }),
   });
   return { status: res.status, body: await res.json() };
