@@ -1,9 +1,13 @@
 // Red team of issue 13 (the browser half): each finding's regression test, where no other file fits better.
 // The client's (3, 4, 5, 9) are in tests/client.test.ts.
 import assert from "node:assert/strict";
-import { localSignInEnabled, StackError } from "../tools/local/stack.ts";
+import { testHooks } from "../supabase/functions/_shared/idempotency.ts";
+import { OPERATIONS } from "../supabase/functions/_shared/operations.ts";
+import { stripeClient } from "../supabase/functions/_shared/stripe.ts";
+import { localSignInEnabled, type Stack, StackError } from "../tools/local/stack.ts";
 import { FRAME_HEADERS, webApp } from "../tools/local/web.ts";
 import { sharedStack, stackTest } from "./_helpers.ts";
+import { call, clientAs, newOrganiser, openOrder, type Organiser, paidOrder } from "./_flows.ts";
 
 const OPERATOR = "77777777-7777-4777-8777-777777777777";
 
@@ -108,4 +112,191 @@ Deno.test("the web handler: 400 for bad percent-encoding, 404 for directories, n
   } finally {
     await Deno.remove(root, { recursive: true });
   }
+});
+
+// Finding 1: an operator's object is checked at Stripe against the operation before it settles anything.
+
+/** A payout whose function died after Stripe made the transfer, past the key window, with a second transfer
+ * made by hand with the same metadata: the reconciler's look-up finds two and it needs attention. */
+async function payoutNeedingAttention(stack: Stack, organiser: Organiser) {
+  stack.stripe!.options.autoDeliver = false;
+  try {
+    testHooks.afterStripe = (op) => {
+      if (op.operationType === "payout:create") throw new Error("crash after Stripe");
+    };
+    const crashed = await call(stack, "payouts", { amount_cents: 1500 }, { token: organiser.token });
+    delete testHooks.afterStripe;
+    assert.equal(crashed.status, 500);
+    const [payout] = await stack.db.query<{ id: string }>(
+      "select id from wallet.payouts where organiser_id = $1",
+      [organiser.id],
+    );
+    await stack.db.query(
+      `update public.stripe_idempotency_keys set created_at = now() - interval '25 hours', locked_until = now()
+       where operation_type = 'payout:create' and operation_id = $1`,
+      [payout.id],
+    );
+    const duplicate = await stripeClient().transfers.create({
+      amount: 1500,
+      currency: "usd",
+      destination: organiser.account,
+      transfer_group: `payout_${payout.id}`,
+      metadata: { payout_id: payout.id },
+    });
+    const report = await call(stack, "stripe-reconcile", {}, { token: stack.serviceRoleKey, key: null });
+    assert.ok(JSON.stringify(report.body.needs_attention).includes(payout.id), report.text);
+    return { payoutId: payout.id, duplicate: duplicate.id };
+  } finally {
+    delete testHooks.afterStripe;
+    stack.stripe!.options.autoDeliver = true;
+  }
+}
+
+stackTest("operator-resolve settles only with an object Stripe has and that is the operation's", async () => {
+  const stack = await sharedStack();
+  const organiser = await newOrganiser(stack);
+  await paidOrder(stack, organiser, 2);
+  const { payoutId, duplicate } = await payoutNeedingAttention(stack, organiser);
+  const admin = await stack.userToken(OPERATOR, { app_metadata: { role: "platform_admin" } });
+  const resolve = (body: Record<string, unknown>, token = admin) =>
+    call(stack, "operator-resolve", { operation_type: "payout:create", operation_id: payoutId, ...body }, {
+      token,
+    });
+  const state = async () =>
+    (await stack.db.query<{ status: string; op: string }>(
+      `select p.status, k.status as op from wallet.payouts p join public.stripe_idempotency_keys k
+       on k.operation_type = 'payout:create' and k.operation_id = p.id::text where p.id = $1`,
+      [payoutId],
+    ))[0];
+
+  // the SQL side takes no object id from a browser any more
+  const rpc = await clientAs(stack, admin).rpc("operator_resolve", {
+    p_operation_type: "payout:create",
+    p_operation_id: payoutId,
+    p_result: { id: "tr_made_up" },
+  });
+  assert.notEqual(rpc.status, 200);
+  assert.equal(rpc.data, null);
+
+  const notAdmin = await resolve({ stripe_object_id: duplicate }, organiser.token);
+  assert.deepEqual([notAdmin.status, notAdmin.body.type], [403, "/problems/forbidden"]);
+
+  // another transfer of the same group, for another payout; a made-up id; another kind of object
+  const stranger = await stripeClient().transfers.create({
+    amount: 1500,
+    currency: "usd",
+    destination: organiser.account,
+    transfer_group: `payout_${payoutId}`,
+    metadata: { payout_id: crypto.randomUUID() },
+  });
+  const elsewhere = await stripeClient().transfers.create({
+    amount: 1500,
+    currency: "usd",
+    destination: organiser.account,
+    transfer_group: "payout_elsewhere",
+    metadata: { payout_id: payoutId },
+  });
+  for (
+    const [id, status, type] of [
+      [stranger.id, 422, "stripe-object-mismatch"],
+      [elsewhere.id, 422, "stripe-object-mismatch"],
+      ["tr_made_up", 422, "stripe-object-not-found"],
+      ["cs_test_made_up", 422, "stripe-object-not-found"],
+      ["tr/../x", 400, "validation"],
+    ] as const
+  ) {
+    const refused = await resolve({ stripe_object_id: id });
+    assert.deepEqual([refused.status, refused.headers.get("content-type"), refused.body.type], [
+      status,
+      "application/problem+json",
+      `/problems/${type}`,
+    ], `${id}: ${refused.text}`);
+    assert.deepEqual(await state(), { status: "pending", op: "needs_attention" }, id);
+  }
+  // "no object" while the look-up finds one is refused
+  const none = await resolve({ no_object: true });
+  assert.deepEqual([none.status, none.body.type], [409, "/problems/stripe-object-exists"], none.text);
+
+  const done = await resolve({ stripe_object_id: duplicate });
+  assert.equal(done.status, 200, done.text);
+  const result = done.body.p_result as { id: string; destination: string };
+  assert.equal(result.id, duplicate);
+  assert.equal(result.destination, organiser.account, "the fields as Stripe has them");
+  assert.deepEqual(await state(), { status: "paid", op: "completed" });
+  const again = await resolve({ stripe_object_id: duplicate });
+  assert.deepEqual([again.status, again.body.type], [409, "/problems/operation-not-needing-attention"]);
+  const missing = await call(stack, "operator-resolve", {
+    operation_type: "refund:create",
+    operation_id: crypto.randomUUID(),
+    stripe_object_id: "re_x",
+  }, { token: admin });
+  assert.deepEqual([missing.status, missing.body.type], [404, "/problems/operation-not-found"]);
+});
+
+Deno.test("each operation's matching rule refuses an object with another id or another home", () => {
+  const id = "9f3c2a10-0000-4000-8000-000000000001";
+  const other = "9f3c2a10-0000-4000-8000-000000000002";
+  const at = (params: unknown) => ({ operationId: id, params, createdAt: 1_000_000 });
+  const cases = [
+    [
+      OPERATIONS["checkout:create"],
+      at({ client_reference_id: "c1" }),
+      { metadata: { order_id: id }, client_reference_id: "c1", created: 1_000_000 },
+      [{ metadata: { order_id: other } }, { client_reference_id: "c2" }, { created: 1 }],
+    ],
+    [
+      OPERATIONS["refund:create"],
+      at({ payment_intent: "pi_1" }),
+      { metadata: { refund_id: id }, payment_intent: "pi_1" },
+      [{ metadata: { refund_id: other } }, { payment_intent: "pi_2" }],
+    ],
+    [
+      OPERATIONS["payout:create"],
+      at({ transfer_group: "g1" }),
+      { metadata: { payout_id: id }, transfer_group: "g1" },
+      [{ metadata: { payout_id: other } }, { transfer_group: "g2" }, { metadata: {} }],
+    ],
+    [
+      OPERATIONS["transfer_reversal:create"],
+      at({ transfer: "tr_1" }),
+      { metadata: { reversal_id: id }, transfer: "tr_1" },
+      [{ metadata: { reversal_id: other } }, { transfer: "tr_2" }],
+    ],
+  ] as const;
+  for (const [declaration, context, ours, changes] of cases) {
+    // deno-lint-ignore no-explicit-any
+    const matches = declaration.matches as (o: any, c: any) => boolean;
+    assert.equal(matches(ours, context), true, declaration.type);
+    for (const change of changes) {
+      assert.equal(matches({ ...ours, ...change }, context), false, `${declaration.type} ${JSON.stringify(change)}`);
+    }
+  }
+});
+
+// Finding 8: an organiser sees who bought, not who only began a checkout.
+stackTest("list_organiser_orders names the buyer of paid orders only", async () => {
+  const stack = await sharedStack();
+  const organiser = await newOrganiser(stack);
+  const paid = await paidOrder(stack, organiser, 1);
+  const guest = await call(stack, "guest-checkout", {
+    event_id: organiser.eventId,
+    items: [{ tier_id: organiser.tierId, quantity: 1 }],
+    email: "someone.who.left@example.com",
+  }, { token: stack.publishableKey, headers: { apikey: stack.publishableKey } });
+  assert.equal(guest.status, 201, guest.text);
+  const unpaid = await openOrder(stack, organiser, 1);
+  // both checkouts run out (what the reconciler does to holds that expired)
+  await stack.db.query("update events.orders set status = 'expired' where id = any($1::uuid[])", [
+    [guest.body.order_id, unpaid.orderId],
+  ]);
+  const { data, error } = await organiser.client.rpc("list_organiser_orders");
+  assert.equal(error, null);
+  const buyers = Object.fromEntries(
+    data.map((o: { order_id: string; status: string; buyer: string | null }) => [o.order_id, [o.status, o.buyer]]),
+  );
+  assert.deepEqual(buyers, {
+    [paid.orderId]: ["paid", "buyer@example.com"],
+    [String(guest.body.order_id)]: ["expired", null],
+    [unpaid.orderId]: ["expired", null],
+  });
 });
