@@ -268,7 +268,11 @@ Deno.test("each operation's matching rule refuses an object with another id or a
     const matches = declaration.matches as (o: any, c: any) => boolean;
     assert.equal(matches(ours, context), true, declaration.type);
     for (const change of changes) {
-      assert.equal(matches({ ...ours, ...change }, context), false, `${declaration.type} ${JSON.stringify(change)}`);
+      assert.equal(
+        matches({ ...ours, ...change }, context),
+        false,
+        `${declaration.type} ${JSON.stringify(change)}`,
+      );
     }
   }
 });
@@ -292,7 +296,9 @@ stackTest("list_organiser_orders names the buyer of paid orders only", async () 
   const { data, error } = await organiser.client.rpc("list_organiser_orders");
   assert.equal(error, null);
   const buyers = Object.fromEntries(
-    data.map((o: { order_id: string; status: string; buyer: string | null }) => [o.order_id, [o.status, o.buyer]]),
+    data.map((
+      o: { order_id: string; status: string; buyer: string | null },
+    ) => [o.order_id, [o.status, o.buyer]]),
   );
   assert.deepEqual(buyers, {
     [paid.orderId]: ["paid", "buyer@example.com"],

@@ -84,7 +84,11 @@ stackTest("operator RPCs: platform admins only, checked in SQL from the token", 
     operation_id: order.orderId,
     stripe_object_id: order.sessionId,
   }, { token: (await signIn(stack, OPERATOR)).body.access_token });
-  assert.deepEqual([done.status, done.body.type], [409, "/problems/operation-not-needing-attention"], done.text);
+  assert.deepEqual(
+    [done.status, done.body.type],
+    [409, "/problems/operation-not-needing-attention"],
+    done.text,
+  );
   const listed = await admin.rpc("operator_operations", { p_status: "completed", p_limit: 500 });
   assert.ok(listed.data.some((o: { operation_id: string }) => o.operation_id === order.orderId));
 });

@@ -123,7 +123,10 @@ const checkoutCreate: OperationDeclaration<
   lookup: async (stripe, context) =>
     single(
       await collect(
-        stripe.checkout.sessions.list({ created: { gte: context.createdAt - CLOCK_SKEW_SECONDS }, limit: 100 }),
+        stripe.checkout.sessions.list({
+          created: { gte: context.createdAt - CLOCK_SKEW_SECONDS },
+          limit: 100,
+        }),
         (s) => checkoutCreate.matches(s, context),
       ),
       `Checkout Sessions created since ${

@@ -73,7 +73,9 @@ Deno.serve(handler("operator-resolve", async (req) => {
     let args: { p_result: Json } | { p_error: Json };
     if ("stripe_object_id" in body) {
       const verdict = await atStripe(() => verifyStripeObject(type, body.stripe_object_id, context));
-      if ("missing" in verdict) throw new HttpError(422, "stripe-object-not-found", "Not in Stripe", verdict.missing);
+      if ("missing" in verdict) {
+        throw new HttpError(422, "stripe-object-not-found", "Not in Stripe", verdict.missing);
+      }
       if ("mismatch" in verdict) {
         throw new HttpError(422, "stripe-object-mismatch", "Not this operation's object", verdict.mismatch);
       }
