@@ -18,7 +18,7 @@ import {
   type OperationType,
   verifyStripeObject,
 } from "../_shared/operations.ts";
-import { rpc } from "../_shared/supabase.ts";
+import { rpc, RpcError } from "../_shared/supabase.ts";
 import { parseBody, z } from "../_shared/validate.ts";
 
 const TYPES = Object.keys(OPERATIONS) as [OperationType, ...OperationType[]];
@@ -109,6 +109,12 @@ Deno.serve(handler("operator-resolve", async (req) => {
       p_result: null,
       p_error: null,
       ...args,
+    }).catch((e) => {
+      // Another operator settled it between our read and now: resolve_stripe_operation refuses (PT409).
+      if (e instanceof RpcError && e.code === "PT409") {
+        throw new HttpError(409, "operation-not-needing-attention", "Already settled", e.message);
+      }
+      throw e;
     });
     return json(200, { operation_type: type, operation_id: id, ...args, settled });
   });
