@@ -6,6 +6,7 @@
  */
 import type { CheckoutBody, GuestCheckoutBody } from "../supabase/functions/_shared/checkout.ts";
 import type { z } from "../supabase/functions/_shared/validate.ts";
+import type { ResolveBody } from "../supabase/functions/operator-resolve/index.ts";
 import type { PayoutBody } from "../supabase/functions/payouts/index.ts";
 import type { RefundBody } from "../supabase/functions/refunds/index.ts";
 import { callIdempotent, type CallOptions, type Result } from "./call.ts";
@@ -20,6 +21,21 @@ export type GuestCheckoutRequest = z.input<typeof GuestCheckoutBody>;
 export type RefundRequest = z.input<typeof RefundBody>;
 /** `payouts`' body: `{ amount_cents, currency? }`. */
 export type PayoutRequest = z.input<typeof PayoutBody>;
+
+/**
+ * `operator-resolve`'s body (platform admins): `{ operation_type, operation_id, stripe_object_id }` or
+ * `{ operation_type, operation_id, no_object: true }`.
+ */
+export type ResolveRequest = z.input<typeof ResolveBody>;
+
+/** A resolution's answer (200): what the operation was settled with, checked at Stripe. */
+export interface ResolveAnswer {
+  operation_type: string;
+  operation_id: string;
+  p_result?: Record<string, unknown>;
+  p_error?: Record<string, unknown>;
+  settled: unknown;
+}
 
 /** A checkout's answer (201): go to `url` (hosted) or mount `client_secret` (embedded). */
 export interface CheckoutAnswer {
@@ -55,6 +71,8 @@ export interface TicketsClient {
   guestCheckout(body: GuestCheckoutRequest, options?: CallOptions): Promise<Result<CheckoutAnswer>>;
   refund(body: RefundRequest, options?: CallOptions): Promise<Result<RefundAnswer>>;
   payout(body: PayoutRequest, options?: CallOptions): Promise<Result<PayoutAnswer>>;
+  /** A platform admin settles an operation that needs attention; the object is checked at Stripe. */
+  resolve(body: ResolveRequest, options?: CallOptions): Promise<Result<ResolveAnswer>>;
 }
 
 /**
@@ -84,5 +102,6 @@ export function ticketsClient(transport: Transport, defaults: CallOptions = {}):
     guestCheckout: (body, options) => call("guest-checkout", body, options),
     refund: (body, options) => call("refunds", body, options),
     payout: (body, options) => call("payouts", body, options),
+    resolve: (body, options) => call("operator-resolve", body, options),
   };
 }

@@ -1,6 +1,6 @@
 /**
  * The browser side of the functions' Idempotency-Key contract: one key per user intent kept in
- * `sessionStorage`, retries as the contract asks, problems as typed errors, with `fetch` or
+ * `localStorage` (for 24 hours), retries as the contract asks, problems as typed errors, with `fetch` or
  * `supabase.functions.invoke`. No dependency: supabase-js is used only if you pass a client of it.
  *
  * @example

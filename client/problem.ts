@@ -1,7 +1,9 @@
 /**
  * The errors the client throws: a function's `application/problem+json` answer (RFC 9457) as a typed
  * `ProblemError`, a request that got no answer (`NetworkError`), and retries that ran out of time
- * (`DeadlineError`).
+ * (`DeadlineError`). `ProblemError` and `DeadlineError` both say, in `keyKept`, whether the intent's key
+ * was kept (the outcome is unknown or still to come: doing the same thing again resumes it) or forgotten
+ * (a definite answer: doing it again is a new intent).
  * @module
  */
 
@@ -39,6 +41,8 @@ export class ProblemError extends Error {
   readonly retryAfter: number | undefined;
   /** The whole problem document. */
   readonly body: Record<string, unknown>;
+  /** Whether the intent's key was kept (set by `callIdempotent`; false until then). */
+  keyKept = false;
 
   constructor(answer: Answer) {
     const body = isRecord(answer.body) ? answer.body : {};
@@ -80,14 +84,20 @@ export class NetworkError extends Error {
 }
 
 /**
- * The retries ran out of time (or attempts) without a definite answer. The outcome is unknown: the key is
- * kept, so doing the same thing again (even after a reload) reuses it and cannot do it twice. `cause` is
- * the last error.
+ * The retries ran out of time (or attempts) without a definite answer, or the next wait (`Retry-After` of a
+ * 503 or an in-progress 409) would outlast the deadline. The outcome is unknown: the key is kept, so doing
+ * the same thing again (even after a reload) reuses it and cannot do it twice. `cause` is the last error: a
+ * `NetworkError` or a `ProblemError`.
  */
 export class DeadlineError extends Error {
+  /** Always true: the outcome is unknown. */
+  readonly keyKept = true;
+  /** The last answer's problem, when the last attempt had one. */
+  readonly problem: ProblemError | undefined;
   constructor(readonly attempts: number, readonly elapsedMs: number, options: { cause: unknown }) {
     super(`No definite answer after ${attempts} attempts in ${Math.round(elapsedMs / 1000)} s`, options);
     this.name = "DeadlineError";
+    this.problem = options.cause instanceof ProblemError ? options.cause : undefined;
   }
 }
 

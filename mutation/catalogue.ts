@@ -1161,8 +1161,8 @@ export const CATALOGUE: Mutation[] = [
     "area": "idempotency",
     "file": "supabase/functions/_shared/operations.ts",
     "fn": undefined,
-    "find": "        (r) => r.metadata?.refund_id === operationId,",
-    "replace": "        (r) => r.metadata?.refund_id !== undefined || true,",
+    "find": "    r.metadata?.refund_id === operationId && idOf(r.payment_intent) === params.payment_intent,",
+    "replace": "    r.metadata?.refund_id !== undefined || true,",
     "what": "a refund look-up takes someone else's refund",
     "tests": [
       "tests/stripe_settlement.test.ts",
@@ -1176,8 +1176,8 @@ export const CATALOGUE: Mutation[] = [
     "area": "idempotency",
     "file": "supabase/functions/_shared/operations.ts",
     "fn": undefined,
-    "find": "        (t) => t.metadata?.payout_id === operationId,",
-    "replace": "        (t) => t.destination !== undefined,",
+    "find": "    t.metadata?.payout_id === operationId && t.transfer_group === params.transfer_group,",
+    "replace": "    t.destination !== undefined,",
     "what": "a payout look-up takes another transfer",
     "tests": [
       "tests/stripe_settlement.test.ts",
@@ -1192,8 +1192,8 @@ export const CATALOGUE: Mutation[] = [
     "file": "supabase/functions/_shared/operations.ts",
     "fn": undefined,
     "find":
-      "        (s) => s.metadata?.order_id === operationId && s.client_reference_id === params.client_reference_id,",
-    "replace": "        (s) => s.client_reference_id !== undefined,",
+      "    s.metadata?.order_id === operationId && s.client_reference_id === params.client_reference_id &&",
+    "replace": "    s.client_reference_id !== undefined &&",
     "what": "a checkout look-up takes another order's session",
     "tests": [
       "tests/webhooks.test.ts",

@@ -51,6 +51,7 @@ export const EXPECTED_EXECUTE: Record<string, string[]> = {
   "public.claim_parked_events(integer,integer)": ["service_role"],
   "public.settle_parked_event(text,boolean)": ["service_role"],
   "public.resolve_stripe_operation(text,text,jsonb,jsonb)": ["service_role"],
+  "public.stripe_operation_to_resolve(text,text)": ["service_role"],
   "public.claim_stale_stripe_operations(integer,integer)": ["service_role"],
   "public.reconcile_housekeeping(integer)": ["service_role"],
   "public.audit_begin(integer)": ["service_role"],
@@ -58,7 +59,8 @@ export const EXPECTED_EXECUTE: Record<string, string[]> = {
   "public.audit_finish(jsonb,bigint,uuid,uuid)": ["service_role"],
   "public.audit_order(uuid)": ["service_role"],
   // the web app's reads (migration 20261130000100_web_reads): guests read the catalogue and their checkout's
-  // order; organisers their own money; platform admins (checked in SQL) the operations, and resolve them
+  // order; organisers their own money; platform admins (checked in SQL) the operations. Resolving one goes
+  // through the operator-resolve function, which checks the object at Stripe (migration 20261130000300)
   "public.get_event(uuid)": ["anon", "authenticated"],
   "public.get_checkout_order(uuid,text)": ["anon", "authenticated"],
   "public.get_wallet_history(text,integer)": ["authenticated"],
@@ -66,7 +68,6 @@ export const EXPECTED_EXECUTE: Record<string, string[]> = {
   "public.list_payouts(integer)": ["authenticated"],
   "public.operator_overview()": ["authenticated"],
   "public.operator_operations(text,integer)": ["authenticated"],
-  "public.operator_resolve(text,text,jsonb,jsonb)": ["authenticated"],
 };
 
 const PROJECT_SCHEMAS = ["public", "private", "events", "wallet"];

@@ -193,6 +193,18 @@ browserTest(
     assert.ok(evidence.includes(duplicate.id), "the evidence names the transfers found");
     await checkPage(page, "operator");
 
+    // red team 13, finding 1: an object that is not the operation's is refused, checked at Stripe
+    const stranger = await stripeClient().transfers.create({
+      amount: 1500,
+      currency: "usd",
+      destination: organiser.account,
+      transfer_group: `payout_${payout.id}`,
+      metadata: { payout_id: crypto.randomUUID() },
+    });
+    await card.getByLabel("Stripe object id").fill(stranger.id);
+    await card.getByRole("button", { name: "Settle with this object" }).click();
+    await card.getByRole("alert").filter({ hasText: "Not this operation's object" }).waitFor();
+
     await card.getByLabel("Stripe object id").fill(duplicate.id);
     await card.getByRole("button", { name: "Settle with this object" }).click();
     await page.getByRole("status").filter({
@@ -208,6 +220,8 @@ browserTest(
     );
     assert.deepEqual(settled, { status: "paid", transfer: duplicate.id, op: "completed" });
   },
+  // the refused object: operator-resolve's 422, shown on the page
+  { allowErrors: /status of 422\b/ },
 );
 
 browserTest(

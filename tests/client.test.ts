@@ -9,13 +9,17 @@ import {
   DeadlineError,
   fetchTransport,
   IdempotencyKeyReusedError,
+  IN_PROGRESS_WAIT_SECONDS,
+  intentKey,
   intentOf,
   invokeTransport,
   KEY_PREFIX,
+  KEY_TTL_MS,
   memoryStorage,
   NetworkError,
   ProblemError,
   retryAfterSeconds,
+  storedKey,
   ticketsClient,
 } from "../client/mod.ts";
 
@@ -145,7 +149,7 @@ Deno.test("the key of an intent is kept in storage until a definite answer, so a
     assert.ok(e.cause instanceof NetworkError);
     return true;
   });
-  const stored = first.storage.getItem(KEY_PREFIX + intentOf("guest-checkout", BODY));
+  const stored = storedKey(first.storage, intentOf("guest-checkout", BODY));
   assert.ok(stored && first.keys().every((k) => k === stored));
 
   const server = fakeFetch([created(undefined, true)]);
@@ -263,7 +267,10 @@ Deno.test("422 idempotency-key-reused is a programming error; the key is dropped
 Deno.test("a 500 and 409 operation-needs-attention are not retried, and keep the key", async () => {
   for (const answer of [problem(500, "internal"), problem(409, "operation-needs-attention")]) {
     const { tickets, storage, seen } = setup([answer]);
-    await assert.rejects(tickets.payout({ amount_cents: 500 }), ProblemError);
+    await assert.rejects(
+      tickets.payout({ amount_cents: 500 }),
+      (e) => e instanceof ProblemError && e.keyKept,
+    );
     assert.equal(seen.length, 1);
     assert.equal(storage.items.size, 1, answer.body.type);
   }
@@ -339,6 +346,114 @@ Deno.test("canonical JSON: one intent whatever the order of its fields", () => {
     intentOf("payouts", { currency: "usd", amount_cents: 5 }),
     intentOf("payouts", { amount_cents: 5, currency: "usd" }),
   );
+});
+
+// Red team of issue 13, finding 3: a 4xx after an attempt whose outcome is unknown proves nothing about it.
+Deno.test("after a lost answer, a 4xx that is not the key's stored answer keeps the key", async () => {
+  const expired = problem(401, "unauthorized");
+  const sold = problem(409, "sold-out", { available: 0 });
+  for (const answer of [expired, sold, problem(429, "rate-limited")]) {
+    const { tickets, storage, keys } = setup(["lost", answer]);
+    await assert.rejects(tickets.guestCheckout(BODY), (e) => {
+      assert.ok(e instanceof ProblemError && e.keyKept, answer.body.type);
+      return true;
+    });
+    // the first attempt may have made the order: the next click must find it with the same key
+    assert.equal(storedKey(storage, intentOf("guest-checkout", BODY)), keys()[0], answer.body.type);
+  }
+});
+
+Deno.test("after a lost answer, the key's stored 4xx (replayed) or key-reused forgets the key", async () => {
+  const rejected = { ...problem(402, "stripe-rejected"), headers: { "idempotent-replayed": "true" } };
+  for (const answer of [rejected, problem(422, "idempotency-key-reused")]) {
+    const { tickets, storage } = setup(["lost", answer]);
+    await assert.rejects(tickets.refund({ order_id: EVENT }), (e) => {
+      assert.ok(e instanceof ProblemError && !e.keyKept, answer.body.type);
+      return true;
+    });
+    assert.equal(storage.items.size, 0, answer.body.type);
+  }
+});
+
+Deno.test("a key left by an earlier call (a reload after a lost answer) is not forgotten on a 401", async () => {
+  const storage = memoryStorage();
+  const key = intentKey(storage, intentOf("payouts", { amount_cents: 500 }));
+  const { tickets, keys } = setup([problem(401, "unauthorized")], { storage });
+  await assert.rejects(tickets.payout({ amount_cents: 500 }), (e) => e instanceof ProblemError && e.keyKept);
+  assert.deepEqual(keys(), [key]);
+  assert.equal(storedKey(storage, intentOf("payouts", { amount_cents: 500 })), key);
+});
+
+Deno.test("a first attempt's refusal is definite: the key is forgotten", async () => {
+  const { tickets, storage } = setup([problem(409, "sold-out")]);
+  await assert.rejects(tickets.guestCheckout(BODY), (e) => e instanceof ProblemError && !e.keyKept);
+  assert.equal(storage.items.size, 0);
+});
+
+// Finding 4: the in-progress 409 is known by its problem type.
+Deno.test("409 in progress without Retry-After is retried after a default wait", async () => {
+  for (const type of ["idempotency-key-in-use", "operation-in-progress"]) {
+    const { tickets, sleeps, keys } = setup([problem(409, type), created(undefined, true)]);
+    const result = await tickets.guestCheckout(BODY);
+    assert.equal(result.replayed, true);
+    assert.equal(new Set(keys()).size, 1);
+    assert.deepEqual(sleeps, [IN_PROGRESS_WAIT_SECONDS * 1000 + 125], type);
+  }
+});
+
+Deno.test("a 409 with Retry-After that is not in progress (funds-pending) is the answer, not a retry", async () => {
+  const pending = problem(409, "funds-pending", { available_cents: 0 }, { "retry-after": "2" });
+  const { tickets, sleeps, seen } = setup([pending, created()]);
+  await assert.rejects(tickets.payout({ amount_cents: 500 }), (e) => e instanceof ProblemError);
+  assert.equal(seen.length, 1);
+  assert.deepEqual(sleeps, []);
+});
+
+// Finding 5: keys in localStorage (shared by tabs) for 24 hours, Stripe's key window.
+Deno.test("a stored key expires after 24 hours; expired keys of other intents are cleaned", async () => {
+  const storage = memoryStorage();
+  const intent = intentOf("payouts", { amount_cents: 500 });
+  const t0 = Date.parse("2026-11-30T10:00:00Z");
+  const key = intentKey(storage, intent, t0);
+  intentKey(storage, "other-intent", t0);
+  storage.setItem(`${KEY_PREFIX}unreadable`, "not json");
+  assert.equal(intentKey(storage, intent, t0 + KEY_TTL_MS - 1), key, "the same key within 24 h");
+  assert.equal(storedKey(storage, intent, t0 + KEY_TTL_MS), null);
+  const fresh = intentKey(storage, intent, t0 + KEY_TTL_MS);
+  assert.notEqual(fresh, key);
+  assert.deepEqual([...storage.items.keys()], [KEY_PREFIX + intent], "the expired and unreadable are gone");
+  const { tickets, keys } = setup([created()], { storage });
+  await tickets.payout({ amount_cents: 500 });
+  assert.notEqual(keys()[0], key, "an expired key is not sent");
+});
+
+Deno.test("the default storage is localStorage, shared by every tab of the origin", async () => {
+  const server = fakeFetch(["lost"]);
+  const tickets = ticketsClient(fetchTransport({ url: URL_, apikey: PUBLISHABLE, fetch: server.fetch }), {
+    retry: { deadlineMs: 10, maxAttempts: 1 },
+  });
+  localStorage.clear();
+  try {
+    await assert.rejects(tickets.payout({ amount_cents: 700 }), DeadlineError);
+    const key = storedKey(localStorage, intentOf("payouts", { amount_cents: 700 }));
+    assert.equal(key, server.seen[0].headers.get("idempotency-key"));
+  } finally {
+    localStorage.clear();
+  }
+});
+
+// Finding 9: DeadlineError and ProblemError say the same things the same way.
+Deno.test("a 503 whose Retry-After outlasts the deadline is a DeadlineError with the problem, key kept", async () => {
+  const unavailable = problem(503, "store-unavailable", {}, { "retry-after": "60" });
+  const { tickets, storage, seen } = setup([unavailable], { retry: { deadlineMs: 10_000 } });
+  await assert.rejects(tickets.payout({ amount_cents: 500 }), (e) => {
+    assert.ok(e instanceof DeadlineError && e.keyKept);
+    assert.ok(e.problem instanceof ProblemError && e.problem.code === "store-unavailable");
+    assert.equal(e.cause, e.problem);
+    return true;
+  });
+  assert.equal(seen.length, 1);
+  assert.equal(storage.items.size, 1);
 });
 
 // Compile-time only (deno check): the request types are the functions' zod schemas.

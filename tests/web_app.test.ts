@@ -12,7 +12,8 @@ const EVENT = "33333333-3333-4333-8333-333333333333";
 async function signIn(stack: Stack, userId: string) {
   const res = await fetch(`${stack.url}/auth/v1/local/token`, {
     method: "POST",
-    headers: { "content-type": "application/json" },
+    // as the stack's own sign-in page sends it
+    headers: { "content-type": "application/json", origin: stack.url },
     body: JSON.stringify({ user_id: userId }),
   });
   return { status: res.status, body: await res.json() };
@@ -65,11 +66,6 @@ stackTest("operator RPCs: platform admins only, checked in SQL from the token", 
       const [fn, args] of [
         ["operator_overview", {}],
         ["operator_operations", { p_status: "needs_attention" }],
-        ["operator_resolve", {
-          p_operation_type: "payout:create",
-          p_operation_id: crypto.randomUUID(),
-          p_result: {},
-        }],
       ] as const
     ) {
       const { error, status } = await other.rpc(fn, args);
@@ -79,15 +75,20 @@ stackTest("operator RPCs: platform admins only, checked in SQL from the token", 
   const anon = await clientAs(stack, stack.publishableKey).rpc("operator_overview");
   assert.equal(anon.status, 401, "not executable by anon at all");
 
-  // resolve keeps resolve_stripe_operation's rules: only a row that needs attention
+  // resolving goes through the operator-resolve function (tests/redteam13.test.ts): only a row that needs
+  // attention, with an object checked at Stripe
   const organiser = await newOrganiser(stack);
   const order = await paidOrder(stack, organiser, 1);
-  const done = await admin.rpc("operator_resolve", {
-    p_operation_type: "checkout:create",
-    p_operation_id: order.orderId,
-    p_result: { id: order.sessionId },
-  });
-  assert.deepEqual([done.status, done.error?.code], [409, "PT409"], JSON.stringify(done.error));
+  const done = await call(stack, "operator-resolve", {
+    operation_type: "checkout:create",
+    operation_id: order.orderId,
+    stripe_object_id: order.sessionId,
+  }, { token: (await signIn(stack, OPERATOR)).body.access_token });
+  assert.deepEqual(
+    [done.status, done.body.type],
+    [409, "/problems/operation-not-needing-attention"],
+    done.text,
+  );
   const listed = await admin.rpc("operator_operations", { p_status: "completed", p_limit: 500 });
   assert.ok(listed.data.some((o: { operation_id: string }) => o.operation_id === order.orderId));
 });

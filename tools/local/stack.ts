@@ -79,6 +79,20 @@ export interface StackOptions {
   supabaseDir?: string;
   /** The built web app served at `/` (default `web/dist`, which `npm run dev` builds). */
   webDir?: string;
+  /**
+   * The local sign-in (`POST /auth/v1/local/token`, which mints any user's token, admins' too): `LOCAL_SIGN_IN`
+   * `on` or `off`; default on with the emulator only, off against real Stripe (`STRIPE_SECRET_KEY` or
+   * `STRIPE_API_BASE` set).
+   */
+  localSignIn?: boolean;
+}
+
+/** Whether the local sign-in is on: as `LOCAL_SIGN_IN` says (`on`/`off`), else only with the emulator. */
+export function localSignInEnabled(setting: boolean | string | undefined, withEmulator: boolean): boolean {
+  if (setting === true || setting === "on") return true;
+  if (setting === false || setting === "off") return false;
+  if (setting !== undefined) throw new StackError(`LOCAL_SIGN_IN must be 'on' or 'off', got '${setting}'`);
+  return withEmulator;
 }
 
 /** A running stack. */
@@ -142,6 +156,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     );
   }
   const withEmulator = !stripeApiBase && !stripeKey;
+  const signInOn = localSignInEnabled(options.localSignIn ?? env("LOCAL_SIGN_IN"), withEmulator);
   ensurePortFree(port, "PORT");
   if (withEmulator) ensurePortFree(emulatorPort, "STRIPE_EMULATOR_PORT");
 
@@ -210,11 +225,11 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     });
 
     // the issuer is the address the server listens on, known once it does
-    const signIn = localSignIn(db, keys, () => issuerOf(url));
+    const signIn = localSignIn(db, keys, { issuer: () => issuerOf(url), origin: () => url });
     const web = webApp(options.webDir ?? WEB_DIST, () => ({
       supabaseUrl: url,
       publishableKey: keys.publishableKey,
-      localSignIn: true,
+      localSignIn: signInOn,
     }));
     // made once the server listens: the functions' SUPABASE_URL is its address
     const hosted: { functions?: FunctionsHost } = {};
@@ -229,13 +244,15 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
             headers: { ...CORS_HEADERS, "cache-control": "public, max-age=600" },
           });
         }
-        if (path === "/auth/v1/local/token") return signIn(req);
+        if (path === "/auth/v1/local/token" && signInOn) return signIn(req);
         if (path.startsWith("/auth/v1/")) {
           return problem({
             status: 404,
             type: "not-found",
-            detail:
-              "No route: the local stack serves /auth/v1/.well-known/jwks.json and /auth/v1/local/token",
+            detail: signInOn
+              ? "No route: the local stack serves /auth/v1/.well-known/jwks.json and /auth/v1/local/token"
+              : "No route: the local stack serves /auth/v1/.well-known/jwks.json (the local sign-in is off " +
+                "against real Stripe: LOCAL_SIGN_IN=on turns it on)",
             requestId: newRequestId(),
           });
         }

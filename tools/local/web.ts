@@ -48,17 +48,42 @@ const TYPES: Record<string, string> = {
 export const WEB_PAGES = /^\/(?:events\/[0-9a-f-]{36}|orders\/[0-9a-f-]{36}|organiser|operator|signin)?\/?$/;
 
 /**
+ * Never shown in a frame of another site (clickjacking): CSP `frame-ancestors 'none'`, and `X-Frame-Options:
+ * DENY` (RFC 7034, datatracker.ietf.org/doc/rfc7034) for browsers without CSP level 2. A host of `web/dist`
+ * for a real project must send them too (README, "The web app").
+ */
+export const FRAME_HEADERS: Readonly<Record<string, string>> = {
+  "content-security-policy": "frame-ancestors 'none'",
+  "x-frame-options": "DENY",
+};
+
+/**
  * Serves the built app from `dir`: its files, and `index.html` for its pages (`WEB_PAGES`); anything else is
- * the stack's 404. Hashed assets are cached for good, pages never; CORS and `X-Request-Id` as on every answer.
+ * the stack's 404, and a path that is not valid percent-encoding 400. Hashed assets are cached for good,
+ * pages never; CORS, `X-Request-Id` and `FRAME_HEADERS` on every answer.
  */
 export function webApp(
   dir: string,
   config: () => Record<string, unknown>,
 ): (req: Request) => Promise<Response> {
-  return async (req) => withCors(await serve(req), newRequestId());
+  return async (req) => {
+    const res = withCors(await serve(req), newRequestId());
+    for (const [name, value] of Object.entries(FRAME_HEADERS)) res.headers.set(name, value);
+    return res;
+  };
 
   async function serve(req: Request): Promise<Response> {
-    const path = decodeURIComponent(new URL(req.url).pathname);
+    let path: string;
+    try {
+      path = decodeURIComponent(new URL(req.url).pathname);
+    } catch {
+      return problem({
+        status: 400,
+        type: "bad-path",
+        detail: `The path '${new URL(req.url).pathname}' is not valid percent-encoding`,
+        requestId: newRequestId(),
+      });
+    }
     if (req.method !== "GET" && req.method !== "HEAD") {
       return problem({
         status: 405,
@@ -85,7 +110,8 @@ export function webApp(
           },
         });
       } catch (e) {
-        if (!(e instanceof Deno.errors.NotFound)) throw e;
+        // a directory (`/assets/`) is no file to serve: 404 like any path without one
+        if (!(e instanceof Deno.errors.NotFound || e instanceof Deno.errors.IsADirectory)) throw e;
       }
     }
     return problem({
@@ -102,37 +128,58 @@ export function webApp(
 /**
  * `POST /auth/v1/local/token {"user_id": "<uuid>"}`: an access token for a user of `auth.users`, as Supabase
  * Auth would issue it (ES256, `email`, `app_metadata` from `raw_app_meta_data`, so a platform admin's token
- * says so). Local only: a dev stack's stand-in for signing in, for its demo users.
+ * says so). Local only: a dev stack's stand-in for signing in, for its demo users, on with the emulator only
+ * unless `LOCAL_SIGN_IN=on` (stack.ts). It mints admin tokens, so it answers the stack's own pages only: a
+ * POST whose `Origin` is the stack's (`origin()`, or the same with `localhost`) and whose body is JSON, and
+ * its answers carry no CORS headers, so no other site's script can read a token (a cross-site form post
+ * cannot send JSON, and a cross-site fetch of JSON needs a preflight that is refused).
  */
 export function localSignIn(
   db: Queryable,
   keys: ProjectKeys,
-  issuer: () => string,
+  options: { issuer: () => string; origin: () => string },
 ): (req: Request) => Promise<Response> {
   return async (req) => {
     const requestId = newRequestId();
-    if (req.method === "OPTIONS") return new Response(null, { status: 204, headers: CORS_HEADERS });
+    const refuse = (status: number, type: string, detail: string, headers?: Record<string, string>) =>
+      withoutCors(problem({ status, type, detail, requestId, headers }));
+    if (req.method !== "POST") {
+      return refuse(405, "method-not-allowed", `The local sign-in answers POST, not ${req.method}`, {
+        allow: "POST",
+      });
+    }
+    const own = new URL(options.origin());
+    const allowed = [own.origin, `${own.protocol}//localhost:${own.port}`];
+    const origin = req.headers.get("origin");
+    if (!origin || !allowed.includes(origin)) {
+      return refuse(
+        403,
+        "origin-refused",
+        `The local sign-in answers the stack's own pages only (Origin ${own.origin}), not ${
+          origin ? `'${origin}'` : "a request without Origin"
+        }`,
+      );
+    }
+    const mediaType = req.headers.get("content-type")?.split(";")[0].trim().toLowerCase();
+    if (mediaType !== "application/json") {
+      return refuse(415, "unsupported-media-type", "Send the body as Content-Type: application/json");
+    }
     const body = await req.json().catch(() => null) as { user_id?: unknown } | null;
     const id = typeof body?.user_id === "string" ? body.user_id.toLowerCase() : "";
-    if (req.method !== "POST" || !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(id)) {
-      return problem({
-        status: 400,
-        type: "validation",
-        detail: 'POST {"user_id": "<uuid>"}',
-        requestId,
-      });
+    if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(id)) {
+      return refuse(400, "validation", 'POST {"user_id": "<uuid>"}');
     }
     const [user] = await db.query<{ email: string | null; app: Record<string, unknown> }>(
       "select email, raw_app_meta_data as app from auth.users where id = $1",
       [id],
     );
-    if (!user) return problem({ status: 404, type: "user-not-found", detail: `No user ${id}`, requestId });
+    if (!user) return refuse(404, "user-not-found", `No user ${id}`);
     const claims = {
       app_metadata: user.app,
       user_metadata: {},
       ...(user.email ? { email: user.email } : {}),
     };
-    const token = await userToken(keys, id, { issuer: issuer(), claims, expiresIn: "8h" });
+    const token = await userToken(keys, id, { issuer: options.issuer(), claims, expiresIn: "8h" });
     return Response.json(
       {
         access_token: token,
@@ -141,7 +188,13 @@ export function localSignIn(
         local: true,
         user: { id, ...claims },
       },
-      { headers: { ...CORS_HEADERS, "cache-control": "no-store", "x-request-id": requestId } },
+      { headers: { "cache-control": "no-store", "x-request-id": requestId } },
     );
   };
+}
+
+/** `res` without the stack's CORS headers: the sign-in is for the stack's own pages only. */
+function withoutCors(res: Response): Response {
+  for (const name of Object.keys(CORS_HEADERS)) res.headers.delete(name);
+  return res;
 }

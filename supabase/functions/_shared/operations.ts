@@ -56,6 +56,10 @@ export interface OperationDeclaration<P, R extends { id: string }, T extends str
   pick(result: R): Json;
   /** Finds the object in Stripe by what the product put on it. */
   lookup(stripe: Stripe, context: LookupContext<P>): Promise<LookupResult<R>>;
+  /** Whether `object` is the operation's, by what the product put on it: the rule `lookup` finds it by. */
+  matches(object: R, context: LookupContext<P>): boolean;
+  /** The object `id` from Stripe (an operator says it is the operation's), or null when Stripe has none. */
+  retrieve(stripe: Stripe, id: string, params: P): Promise<R | null>;
 }
 
 /** The one object of `candidates` that `isOurs`, proof there is none, or undecided when there are several. */
@@ -70,6 +74,21 @@ async function collect<T>(list: AsyncIterable<T>, keep: (item: T) => boolean): P
   const out: T[] = [];
   for await (const item of list) if (keep(item)) out.push(item);
   return out;
+}
+
+/** The id of an expandable field (`"pi_..."` or `{ id: "pi_..." }`). */
+function idOf(field: string | { id: string } | null | undefined): string | null {
+  return typeof field === "string" ? field : field?.id ?? null;
+}
+
+/** The object, or null when Stripe answers 404 (`resource_missing`: docs.stripe.com/error-codes/resource-missing). */
+async function orNull<R>(retrieving: Promise<R>): Promise<R | null> {
+  try {
+    return await retrieving;
+  } catch (e) {
+    if ((e as { statusCode?: number }).statusCode === 404) return null;
+    throw e;
+  }
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -96,16 +115,23 @@ const checkoutCreate: OperationDeclaration<
     amount_total: s.amount_total,
     currency: s.currency,
   }),
+  matches: (s, { operationId, params, createdAt }) =>
+    s.metadata?.order_id === operationId && s.client_reference_id === params.client_reference_id &&
+    s.created >= createdAt - CLOCK_SKEW_SECONDS,
+  retrieve: (stripe, id) => orNull(stripe.checkout.sessions.retrieve(id)),
   // Sessions cannot be searched by metadata: list those created since the operation began.
-  lookup: async (stripe, { operationId, params, createdAt }) =>
+  lookup: async (stripe, context) =>
     single(
       await collect(
-        stripe.checkout.sessions.list({ created: { gte: createdAt - CLOCK_SKEW_SECONDS }, limit: 100 }),
-        (s) => s.metadata?.order_id === operationId && s.client_reference_id === params.client_reference_id,
+        stripe.checkout.sessions.list({
+          created: { gte: context.createdAt - CLOCK_SKEW_SECONDS },
+          limit: 100,
+        }),
+        (s) => checkoutCreate.matches(s, context),
       ),
       `Checkout Sessions created since ${
-        createdAt - CLOCK_SKEW_SECONDS
-      } with metadata.order_id ${operationId}`,
+        context.createdAt - CLOCK_SKEW_SECONDS
+      } with metadata.order_id ${context.operationId}`,
     ),
 };
 
@@ -117,13 +143,16 @@ const refundCreate: OperationDeclaration<Stripe.RefundCreateParams, Stripe.Refun
   schema: () => refundSchema,
   send: (stripe, params, key) => stripe.refunds.create(params, { idempotencyKey: key }),
   pick: (r) => ({ id: r.id, status: r.status, amount: r.amount, currency: r.currency }),
-  lookup: async (stripe, { operationId, params }) =>
+  matches: (r, { operationId, params }) =>
+    r.metadata?.refund_id === operationId && idOf(r.payment_intent) === params.payment_intent,
+  retrieve: (stripe, id) => orNull(stripe.refunds.retrieve(id)),
+  lookup: async (stripe, context) =>
     single(
       await collect(
-        stripe.refunds.list({ payment_intent: params.payment_intent, limit: 100 }),
-        (r) => r.metadata?.refund_id === operationId,
+        stripe.refunds.list({ payment_intent: context.params.payment_intent, limit: 100 }),
+        (r) => refundCreate.matches(r, context),
       ),
-      `the refunds of ${params.payment_intent} with metadata.refund_id ${operationId}`,
+      `the refunds of ${context.params.payment_intent} with metadata.refund_id ${context.operationId}`,
     ),
 };
 
@@ -140,13 +169,16 @@ const payoutCreate: OperationDeclaration<Stripe.TransferCreateParams, Stripe.Tra
     currency: t.currency,
     destination: typeof t.destination === "string" ? t.destination : t.destination?.id ?? null,
   }),
-  lookup: async (stripe, { operationId, params }) =>
+  matches: (t, { operationId, params }) =>
+    t.metadata?.payout_id === operationId && t.transfer_group === params.transfer_group,
+  retrieve: (stripe, id) => orNull(stripe.transfers.retrieve(id)),
+  lookup: async (stripe, context) =>
     single(
       await collect(
-        stripe.transfers.list({ transfer_group: params.transfer_group, limit: 100 }),
-        (t) => t.metadata?.payout_id === operationId,
+        stripe.transfers.list({ transfer_group: context.params.transfer_group, limit: 100 }),
+        (t) => payoutCreate.matches(t, context),
       ),
-      `the transfers of group ${params.transfer_group} with metadata.payout_id ${operationId}`,
+      `the transfers of group ${context.params.transfer_group} with metadata.payout_id ${context.operationId}`,
     ),
 };
 
@@ -158,6 +190,13 @@ async function withTransferReversed(stripe: Stripe, reversal: Stripe.TransferRev
     typeof reversal.transfer === "string" ? reversal.transfer : reversal.transfer.id,
   );
   return { ...reversal, transfer_amount_reversed: transfer.amount_reversed };
+}
+
+function reversalMatches(
+  r: Stripe.TransferReversal,
+  { operationId, params }: LookupContext<z.output<typeof transferReversalSchema>>,
+): boolean {
+  return r.metadata?.reversal_id === operationId && idOf(r.transfer) === params.transfer;
 }
 
 const transferReversalCreate: OperationDeclaration<
@@ -181,13 +220,22 @@ const transferReversalCreate: OperationDeclaration<
     transfer: typeof r.transfer === "string" ? r.transfer : r.transfer.id,
     transfer_amount_reversed: r.transfer_amount_reversed,
   }),
-  lookup: async (stripe, { operationId, params }) => {
+  matches: reversalMatches,
+  // a reversal is reached through its transfer: the one the operation reverses
+  retrieve: async (stripe, id, params) => {
+    const [reversal] = await collect(
+      stripe.transfers.listReversals(params.transfer, { limit: 100 }),
+      (r) => r.id === id,
+    );
+    return reversal ? withTransferReversed(stripe, reversal) : null;
+  },
+  lookup: async (stripe, context) => {
     const found = single(
       await collect(
-        stripe.transfers.listReversals(params.transfer, { limit: 100 }),
-        (r) => r.metadata?.reversal_id === operationId,
+        stripe.transfers.listReversals(context.params.transfer, { limit: 100 }),
+        (r) => reversalMatches(r, context),
       ),
-      `the reversals of ${params.transfer} with metadata.reversal_id ${operationId}`,
+      `the reversals of ${context.params.transfer} with metadata.reversal_id ${context.operationId}`,
     );
     return "found" in found ? { found: await withTransferReversed(stripe, found.found) } : found;
   },
@@ -283,4 +331,39 @@ export function runOperation(
           createdAt: Math.floor(Date.parse(createdAt) / 1000),
         }),
   });
+}
+
+/** What an operator's object is to an operation: its fields to settle it with, or why it is not its object. */
+export type Verdict = { result: Json } | { missing: string } | { mismatch: string };
+
+/**
+ * Checks that Stripe object `objectId` is operation `type`'s by the rules its look-up finds it by (`matches`:
+ * the metadata the product put on it, and where it belongs), so that an operator settles an operation only
+ * with an object Stripe has and that is its own. `result` is what `pick` keeps (resolve_stripe_operation's
+ * `p_result`). Throws what the Stripe SDK throws for anything but a 404.
+ */
+export async function verifyStripeObject(
+  type: OperationType,
+  objectId: string,
+  context: LookupContext<Json>,
+): Promise<Verdict> {
+  const declaration: AnyDeclaration = OPERATIONS[type];
+  const object = await declaration.retrieve(stripeClient(), objectId, context.params);
+  if (!object) return { missing: `Stripe has no object '${objectId}' of a ${type} operation` };
+  if (!declaration.matches(object, context)) {
+    return {
+      mismatch: `Stripe object '${objectId}' is not ${type} ${context.operationId}'s: its metadata or ` +
+        "what it belongs to differ from what the operation sent",
+    };
+  }
+  return { result: declaration.pick(object) };
+}
+
+/** Looks operation `type`'s object up in Stripe by its declaration (an operator's "Stripe has no object"). */
+export function lookupOperation(
+  type: OperationType,
+  context: LookupContext<Json>,
+): Promise<LookupResult<{ id: string }>> {
+  const declaration: AnyDeclaration = OPERATIONS[type];
+  return declaration.lookup(stripeClient(), context);
 }

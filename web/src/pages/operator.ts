@@ -4,6 +4,7 @@
  * events failed or parked, what the reconciler has to do, and duplicates absorbed and faults survived.
  * @module
  */
+import type { ResolveRequest } from "../../../client/mod.ts";
 import type { App } from "../app.ts";
 import { barChart } from "../chart.ts";
 import { alertBox, h, live, render, rpcError, shortId, status, table, when } from "../ui.ts";
@@ -155,13 +156,6 @@ function attentionCard(app: App, op: Operation): HTMLElement {
     "aria-describedby": `${id}-help`,
     spellcheck: "false",
   });
-  const refundStatus = op.operation_type === "refund:create"
-    ? h(
-      "select",
-      { id: `${id}-status` },
-      ["succeeded", "pending", "failed"].map((s) => h("option", { value: s }, s)),
-    )
-    : null;
   const settle = h("button", { type: "submit" }, "Settle with this object");
   const none = h("button", {
     type: "button",
@@ -171,31 +165,34 @@ function attentionCard(app: App, op: Operation): HTMLElement {
   }, "Stripe has no object");
   const out = h("div");
 
+  // through the operator-resolve function (client/), which checks the object at Stripe before settling
   async function resolve(
-    args: { p_result?: unknown; p_error?: unknown },
+    args: { stripe_object_id: string } | { no_object: true },
     button: HTMLButtonElement,
   ): Promise<void> {
     out.replaceChildren();
     button.disabled = true;
-    const { data, error } = await app.supabase.rpc("operator_resolve", {
-      p_operation_type: op.operation_type,
-      p_operation_id: op.operation_id,
-      ...args,
-    });
-    if (error) {
-      out.replaceChildren(alertBox(rpcError(error)));
+    let settled: unknown;
+    try {
+      ({ data: { settled } } = await app.tickets.resolve({
+        operation_type: op.operation_type as ResolveRequest["operation_type"],
+        operation_id: op.operation_id,
+        ...args,
+      }));
+    } catch (e) {
+      out.replaceChildren(alertBox(e));
       button.disabled = false;
       return;
     }
     sessionStorage.setItem(
       "operator-notice",
       `Resolved ${op.operation_type} ${op.operation_id.slice(0, 8)}: ${
-        (data as { status?: string })?.status ?? "done"
+        (settled as { status?: string } | null)?.status ?? "done"
       }`,
     );
     location.reload();
   }
-  none.addEventListener("click", () => resolve({ p_error: { message: "not in Stripe (operator)" } }, none));
+  none.addEventListener("click", () => resolve({ no_object: true }, none));
 
   return h(
     "article",
@@ -216,26 +213,16 @@ function attentionCard(app: App, op: Operation): HTMLElement {
           e.preventDefault();
           const value = objectId.value.trim();
           if (!value) return void out.replaceChildren(alertBox(new Error("Enter the Stripe object's id")));
-          resolve(
-            { p_result: { id: value, ...(refundStatus ? { status: refundStatus.value } : {}) } },
-            settle,
-          );
+          resolve({ stripe_object_id: value }, settle);
         },
       },
       h("label", { for: id }, "Stripe object id"),
       h(
         "p",
         { id: `${id}-help`, class: "muted" },
-        "The object you found in the Stripe dashboard by this id in its metadata.",
+        "The object you found in the Stripe dashboard by this id in its metadata; it is checked at Stripe.",
       ),
       h("div", { class: "row" }, objectId),
-      refundStatus &&
-        h(
-          "div",
-          { class: "field" },
-          h("label", { for: refundStatus.id }, "Refund status in Stripe"),
-          refundStatus,
-        ),
       h("div", { class: "row" }, settle, " ", none),
       h(
         "p",
