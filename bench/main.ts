@@ -15,7 +15,6 @@
  * docs/benchmark.svg. Exits 1 if the ticket drop sells anything but exactly its seats.
  * @module
  */
-import postgres from "npm:postgres@3.4.9";
 import Stripe from "npm:stripe@23.1.0";
 import { withStripeIdempotency } from "../supabase/functions/_shared/idempotency.ts";
 import { stripeOperationStore } from "../supabase/functions/_shared/idempotency_store.ts";
@@ -137,7 +136,7 @@ let results: Result[] = [];
 let checkoutFloor: Result[] = [];
 let drops: { one: DropRun[]; spread: DropRun[] } | null = null;
 let claimScaling: Awaited<ReturnType<typeof growth>> | null = null;
-let purges: PurgeRun[] = [];
+const purges: PurgeRun[] = [];
 let functions: FunctionCost[] = [];
 const stacks: Stack[] = [stack];
 try {
