@@ -375,10 +375,10 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-capacity",
     "area": "checkout",
-    "file": "supabase/migrations/20261128000300_money_rules.sql",
-    "fn": "private.begin_checkout",
-    "find": "    if v_item.sold + v_item.held + v_item.quantity > v_item.capacity then",
-    "replace": "    if v_item.sold + v_item.held + v_item.quantity > v_item.capacity + 1 then",
+    "file": "supabase/migrations/20261128001300_checkout_seats_last.sql",
+    "fn": "private.take_seats",
+    "find": "    where t.id = v_item.tier_id and t.sold + t.held + v_item.quantity <= t.capacity;",
+    "replace": "    where t.id = v_item.tier_id and t.sold + t.held + v_item.quantity <= t.capacity + 1;",
     "what": "capacity exceeded by one",
     "tests": [
       "tests/checkout.test.ts",
