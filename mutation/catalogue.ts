@@ -375,7 +375,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-capacity",
     "area": "checkout",
-    "file": "supabase/migrations/20261128001300_checkout_seats_last.sql",
+    "file": "supabase/migrations/20261130000400_checkout_seats_last.sql",
     "fn": "private.take_seats",
     "find": "    where t.id = v_item.tier_id and t.sold + t.held + v_item.quantity <= t.capacity;",
     "replace": "    where t.id = v_item.tier_id and t.sold + t.held + v_item.quantity <= t.capacity + 1;",
