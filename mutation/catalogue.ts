@@ -392,7 +392,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-amount-limits",
     "area": "checkout",
-    "file": "supabase/migrations/20261128000300_money_rules.sql",
+    "file": "supabase/migrations/20261130000500_checkout_items_as_read.sql",
     "fn": "private.begin_checkout",
     "find": "  if v_subtotal + v_fee not between v_currency.minimum_charge and private.max_amount() then",
     "replace": "  if false then",
@@ -406,7 +406,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-on-sale",
     "area": "checkout",
-    "file": "supabase/migrations/20261128000300_money_rules.sql",
+    "file": "supabase/migrations/20261130000500_checkout_items_as_read.sql",
     "fn": "private.begin_checkout",
     "find": "  if not v_event.on_sale then",
     "replace": "  if false then",
@@ -420,7 +420,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-started",
     "area": "checkout",
-    "file": "supabase/migrations/20261128000300_money_rules.sql",
+    "file": "supabase/migrations/20261130000500_checkout_items_as_read.sql",
     "fn": "private.begin_checkout",
     "find": "  if v_event.starts_at <= now() then",
     "replace": "  if false then",
@@ -434,7 +434,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-tier-of-event",
     "area": "checkout",
-    "file": "supabase/migrations/20261128000300_money_rules.sql",
+    "file": "supabase/migrations/20261130000500_checkout_items_as_read.sql",
     "fn": "private.begin_checkout",
     "find": "    if v_item.found_id is null or v_item.event_id <> p_event_id then",
     "replace": "    if v_item.found_id is null then",
@@ -449,7 +449,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-max-per-order",
     "area": "checkout",
-    "file": "supabase/migrations/20261128000300_money_rules.sql",
+    "file": "supabase/migrations/20261130000500_checkout_items_as_read.sql",
     "fn": "private.begin_checkout",
     "find": "v_item.quantity > v_item.max_per_order then",
     "replace": "v_item.quantity > v_item.max_per_order + 100 then",
@@ -463,7 +463,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-checkout-closed",
     "area": "checkout",
-    "file": "supabase/migrations/20261128000300_money_rules.sql",
+    "file": "supabase/migrations/20261130000500_checkout_items_as_read.sql",
     "fn": "private.begin_checkout",
     "find":
       "    if exists (select from events.orders o where o.id = v_order_id and o.status <> 'pending') then",
@@ -478,7 +478,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-checkout-changed",
     "area": "checkout",
-    "file": "supabase/migrations/20261128000300_money_rules.sql",
+    "file": "supabase/migrations/20261130000500_checkout_items_as_read.sql",
     "fn": "private.begin_checkout",
     "find":
       "          is distinct from (select jsonb_agg(jsonb_build_array(x.tier_id, x.quantity) order by x.tier_id)",
@@ -509,7 +509,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-fraudulent-admin",
     "area": "money",
-    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
+    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
     "fn": "public.create_refund",
     "find": "    if p_reason = 'fraudulent' and not coalesce(p_is_admin, false) then",
     "replace": "    if false then",
@@ -523,7 +523,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-refund-owner",
     "area": "money",
-    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
+    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
     "fn": "public.create_refund",
     "find":
       "    if v_order.id is null or not (coalesce(p_is_admin, false) or v_organiser = p_requested_by) then",
@@ -539,7 +539,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-refund-paid",
     "area": "money",
-    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
+    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
     "fn": "public.create_refund",
     "find": "    if v_order.status not in ('paid', 'partially_refunded') then",
     "replace": "    if false then",
@@ -554,7 +554,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-refundable",
     "area": "money",
-    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
+    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
     "fn": "public.create_refund",
     "find": "    if v_amount > v_refundable or v_amount <= 0 then",
     "replace": "    if v_amount <= 0 then",
@@ -569,7 +569,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-refund-in-flight",
     "area": "money",
-    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
+    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
     "fn": "public.create_refund",
     "find":
       "    from events.refunds r where r.order_id = p_order_id and r.status in ('pending', 'requires_action', 'succeeded');",
@@ -584,7 +584,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-recovery-cover",
     "area": "money",
-    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
+    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
     "fn": "public.create_refund",
     "find": "      if v_recoverable < v_shortfall then",
     "replace": "      if false then",
@@ -598,7 +598,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-recovery-admin",
     "area": "money",
-    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
+    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
     "fn": "public.create_refund",
     "find": "    if v_shortfall > 0 and not coalesce(p_is_admin, false) then",
     "replace": "    if false then",
@@ -612,7 +612,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-refund-held",
     "area": "money",
-    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
+    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
     "fn": "public.create_refund",
     "find": "    update public.stripe_idempotency_keys k set locked_until = 'infinity'",
     "replace": "    update public.stripe_idempotency_keys k set locked_until = now()",
@@ -1266,7 +1266,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-recovery-own-share",
     "area": "money",
-    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
+    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
     "fn": "public.create_refund",
     "find":
       "    v_shortfall := least(v_before - v_wallet.entries_total_cents, greatest(0, -(v_wallet.entries_total_cents",
@@ -1283,13 +1283,27 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-recovery-in-flight",
     "area": "money",
-    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
+    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
     "fn": "public.create_refund",
-    "find":
-      "                  where p.organiser_id = v_organiser and p.currency = v_order.currency and v.status = 'pending'), 0))));",
-    "replace":
-      "                  where p.organiser_id = v_organiser and p.currency = v_order.currency and false), 0))));",
+    "find": "      + coalesce((select sum(private.reversals_in_flight(p.id)) from wallet.payouts p",
+    "replace": "      + coalesce((select sum(0) from wallet.payouts p",
     "what": "reversals already on their way back are recovered a second time",
+    "tests": [
+      "tests/ledger_outside.test.ts",
+    ],
+    "filter": "F2",
+    "subsets": [],
+    "equivalent": undefined,
+  },
+  {
+    "id": "sql-recovery-credited-twice",
+    "area": "money",
+    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
+    "fn": "private.reversals_in_flight",
+    "find":
+      "    where v.payout_id = p.id and v.status in ('pending', 'succeeded')), 0) - p.reversed_cents)::bigint",
+    "replace": "    where v.payout_id = p.id and v.status in ('pending')), 0))::bigint",
+    "what": "a reversal in flight whose credit Stripe's event already posted is counted again",
     "tests": [
       "tests/ledger_outside.test.ts",
     ],

@@ -141,6 +141,65 @@ ledgerTest(
   },
 );
 
+// F2c/F2d: a sale between two refunds after a payout, the first's reversal in flight. The wallet covers the
+// second refund's share with the new sale's credit first. The reversal in flight covers the first refund's
+// share, whether Stripe's transfer event already credited it (F2c) or not yet (F2d): counted twice, the second
+// refund reversed too little and left the organiser below zero; not counted, too much.
+async function saleBetweenRefundsAfterPayout(stack: Stack, transferEventFirst: boolean) {
+  const organiser = await newOrganiser(stack);
+  const order = await paidOrder(stack, organiser, 10); // subtotal 25000
+  const payout = await call(stack, "payouts", { amount_cents: order.subtotal }, { token: organiser.token });
+  assert.equal(payout.status, 201, payout.text);
+  const [transfer] = transferOf(stack, organiser);
+  stack.stripe!.options.autoDeliver = false;
+  testHooks.afterStripe = (op) => {
+    if (op.operationType === "transfer_reversal:create") throw new Error("crash after the reversal");
+  };
+  const first = await call(stack, "refunds", { order_id: order.orderId, amount_cents: 10_000 }, {
+    token: organiser.token,
+  });
+  delete testHooks.afterStripe;
+  assert.equal(first.status, 500, first.text);
+  if (transferEventFirst) await stack.stripe!.deliver(stack.stripe!.takeEvents());
+  const sale = await paidOrder(stack, organiser, 1); // a new sale's credit, smaller than the second share
+  const second = await call(stack, "refunds", { order_id: order.orderId, amount_cents: 5_000 }, {
+    token: organiser.token,
+  });
+  assert.equal(second.status, 201, second.text);
+  await stack.db.query(
+    "update public.stripe_idempotency_keys set locked_until = now() where operation_type = 'transfer_reversal:create' and status = 'in_progress'",
+  );
+  await reconcile(stack);
+  await stack.db.query(
+    "update public.stripe_idempotency_keys set locked_until = now() where operation_type = 'refund:create' and status = 'in_progress' and locked_until < 'infinity'",
+  );
+  await reconcile(stack);
+  stack.stripe!.options.autoDeliver = true;
+  await stack.stripe!.deliver(stack.stripe!.takeEvents());
+
+  assert.equal(stripeRefunded(stack, order.paymentIntent), 15_000);
+  const needed = share(order, 15_000) - sale.subtotal;
+  assert.ok(sale.subtotal < share(order, 5_000), "the sale covers part of the second share only");
+  const w = await wallet(organiser);
+  assert.deepEqual(
+    { amount_reversed: transfer.amount_reversed, balance: w.balance_cents },
+    { amount_reversed: needed, balance: 0 },
+    `shares ${
+      share(order, 15_000)
+    } less the new sale's ${sale.subtotal}; Stripe reversed ${transfer.amount_reversed}`,
+  );
+}
+
+ledgerTest(
+  "F2c: a sale between two refunds after a payout, the first's reversal in flight and credited by its event",
+  (stack) => saleBetweenRefundsAfterPayout(stack, true),
+);
+
+ledgerTest(
+  "F2d: a sale between two refunds after a payout, the first's reversal in flight, its event not yet come",
+  (stack) => saleBetweenRefundsAfterPayout(stack, false),
+);
+
 // F3: an organiser's small refund after payout also recovers an unrelated debt (a dispute) by reversal.
 ledgerTest(
   "F3: an organiser's refund after a payout reverses only its own share, not an earlier dispute's debt",
