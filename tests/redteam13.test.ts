@@ -196,8 +196,17 @@ stackTest("operator-resolve settles only with an object Stripe has and that is t
     transfer_group: "payout_elsewhere",
     metadata: { payout_id: payoutId },
   });
+  // the operation's metadata and group, but not what it sent (only the secret key's holder can make one)
+  const otherAmount = await stripeClient().transfers.create({
+    amount: 1499,
+    currency: "usd",
+    destination: organiser.account,
+    transfer_group: `payout_${payoutId}`,
+    metadata: { payout_id: payoutId },
+  });
   for (
     const [id, status, type] of [
+      [otherAmount.id, 422, "stripe-object-mismatch"],
       [stranger.id, 422, "stripe-object-mismatch"],
       [elsewhere.id, 422, "stripe-object-mismatch"],
       ["tr_made_up", 422, "stripe-object-not-found"],

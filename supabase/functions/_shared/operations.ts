@@ -356,7 +356,19 @@ export async function verifyStripeObject(
         "what it belongs to differ from what the operation sent",
     };
   }
-  return { result: declaration.pick(object) };
+  // What the operation sent must be what the object has: an object with the product's metadata but another
+  // amount, currency or destination (only someone with the secret key can make one) settles nothing.
+  const result = declaration.pick(object) as Record<string, Json>;
+  const sent = context.params as Record<string, Json>;
+  for (const field of ["amount", "currency", "destination"]) {
+    if (field in sent && field in result && sent[field] !== result[field]) {
+      return {
+        mismatch: `Stripe object '${objectId}' has ${field} ${JSON.stringify(result[field])}; ${type} ` +
+          `${context.operationId} sent ${JSON.stringify(sent[field])}`,
+      };
+    }
+  }
+  return { result };
 }
 
 /** Looks operation `type`'s object up in Stripe by its declaration (an operator's "Stripe has no object"). */
