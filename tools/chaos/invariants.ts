@@ -15,6 +15,7 @@ export interface EmulatorObjects {
   transfers: Map<string, StripeObject>;
   charges: Map<string, StripeObject>;
   disputes: Map<string, StripeObject>;
+  reversals: Map<string, StripeObject>;
 }
 
 /** A function's definite 2xx answer, as a client got it. */
@@ -116,6 +117,7 @@ const OBJECT_OF: Record<string, [keyof EmulatorObjects, string]> = {
   "checkout:create": ["sessions", "order_id"],
   "refund:create": ["refunds", "refund_id"],
   "payout:create": ["transfers", "payout_id"],
+  "transfer_reversal:create": ["reversals", "reversal_id"],
 };
 
 async function operations(db: Queryable) {
