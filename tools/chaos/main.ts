@@ -167,6 +167,7 @@ class Tally {
   kills: Record<string, number> = {};
   terminated = 0;
   dbRestarts = 0;
+  dbRestart = "";
   deliveries = 0;
   deliveriesRepeated = 0;
   deliveriesFailed = 0;
@@ -530,16 +531,25 @@ async function run(stack: Stack): Promise<number> {
     : -1;
   let restart: Promise<void> | null = null;
   const restartDatabase = async () => {
-    const version = [...Deno.readDirSync("/etc/postgresql")].map((e) => e.name).sort((a, b) => +a - +b).at(
-      -1,
-    )!;
+    // the Debian cluster that serves DATABASE_URL's port (on this machine: 15 main, port 5432)
+    const port = new URL(adminUrl).port || "5432";
+    const listed = new TextDecoder().decode(
+      (await new Deno.Command("pg_lsclusters", { args: ["--no-header"], stdout: "piped" }).output()).stdout,
+    );
+    const [version, cluster] = listed.split("\n").map((l) => l.trim().split(/\s+/))
+      .find((f) => f[2] === port) ?? ["15", "main"];
+    const started = performance.now();
     const out = await new Deno.Command("pg_ctlcluster", {
-      args: ["--skip-systemctl-redirect", version, "main", "restart"],
+      args: ["--skip-systemctl-redirect", version, cluster, "restart"],
       stdout: "piped",
       stderr: "piped",
     }).output();
     if (!out.success) throw new Error(`pg_ctlcluster restart: ${new TextDecoder().decode(out.stderr)}`);
     tally.dbRestarts++;
+    tally.dbRestart =
+      `pg_ctlcluster --skip-systemctl-redirect ${version} ${cluster} restart at operation ${done}, ${
+        ((performance.now() - started) / 1000).toFixed(1)
+      } s`;
   };
   const progressEvery = Math.max(100, Math.round(options.ops / 10));
 
@@ -724,7 +734,7 @@ function render(r: {
     ["faults injected", `${faultTotal} (${line(faultKinds)})`],
     ["function workers killed (SIGKILL)", `${kills} (${line(t.kills)})`],
     ["database connections terminated", String(t.terminated)],
-    ["database server restarts", String(t.dbRestarts)],
+    ["database server restarts", t.dbRestarts ? `${t.dbRestarts} (${t.dbRestart})` : "0"],
     ["sessions paid", String(t.paid)],
     [
       "dashboard refunds, disputes opened, closed",
