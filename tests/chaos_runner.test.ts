@@ -18,10 +18,10 @@ async function chaos(...args: string[]): Promise<{ code: number; output: string 
 }
 
 Deno.test({
-  name: "npm run chaos -- --ops 100: every invariant holds, exit 0, the seed and the report printed",
+  name: "npm run chaos -- --ops 60: every invariant holds, exit 0, the seed and the report printed",
   sanitizeResources: false,
-  fn: withTimeout("chaos --ops 100", async () => {
-    const { code, output } = await chaos("--ops", "100", "--seed", "14");
+  fn: withTimeout("chaos --ops 60", async () => {
+    const { code, output } = await chaos("--ops", "60", "--seed", "14");
     assert.equal(code, 0, output);
     assert.match(output, /seed 14\b/);
     assert.match(output, /chaos: passed \(seed 14\)/);
@@ -36,7 +36,7 @@ Deno.test({
   name: "npm run chaos with a stray Stripe object: the violation is reported and the run fails",
   sanitizeResources: false,
   fn: withTimeout("chaos --inject-stray-object", async () => {
-    const { code, output } = await chaos("--ops", "40", "--seed", "15", "--inject-stray-object");
+    const { code, output } = await chaos("--ops", "10", "--seed", "15", "--inject-stray-object");
     assert.equal(code, 1, output);
     assert.match(
       output,
