@@ -80,6 +80,7 @@ export async function checkInvariants(db: Queryable, emu: EmulatorObjects, scope
       () => payoutsEqualStripe(db, emu, scope),
     ],
     ["sold + held never beyond capacity", () => withinCapacity(db, scope)],
+    ["no Stripe event left failed or parked", () => eventsSettled(db)],
   ];
   const results: Checked[] = [];
   for (const [name, check] of checks) {
@@ -282,7 +283,28 @@ export async function ledgerEqualsStripePerOrder(
     const gone = Math.min((charge.amount_refunded as number) + (disputedOf.get(charge.id) ?? 0), o.total);
     const expected = o.subtotal - Math.floor(gone * o.subtotal / o.total);
     if (o.net !== expected) {
-      out.push(`order ${o.id} against ${charge.id}: ledger ${o.net}, Stripe says ${expected}`);
+      // what each side holds, so that the report says where they part
+      const entries = await db.query<{ type: string; amount_cents: number }>(
+        "select type, amount_cents from wallet.wallet_transactions where order_id = $1 order by created_at",
+        [o.id],
+      );
+      const refunds = [...emu.refunds.values()].filter((r) => r.charge === charge.id)
+        .map((r) =>
+          `${r.id} ${r.amount} ${r.status}${
+            (r.metadata as Record<string, string>)?.refund_id ? "" : " (dashboard)"
+          }`
+        );
+      const disputes = [...emu.disputes.values()].filter((d) => d.charge === charge.id)
+        .map((d) => `${d.id} ${d.amount} ${d.status}`);
+      out.push(
+        `order ${o.id} against ${charge.id}: ledger ${o.net}, Stripe says ${expected} (subtotal ${o.subtotal}, ` +
+          `total ${o.total}, refunded ${charge.amount_refunded}, disputed ${
+            disputedOf.get(charge.id) ?? 0
+          }; ` +
+          `entries [${
+            entries.map((e) => `${e.type} ${e.amount_cents}`)
+          }]; refunds [${refunds}]; disputes [${disputes}])`,
+      );
     }
   }
   return out;
@@ -318,4 +340,15 @@ export async function withinCapacity(db: Queryable, scope: Scope): Promise<strin
   );
   return tiers.filter((t) => !(t.sold + t.held <= t.capacity && t.held >= 0))
     .map((t) => `tier ${t.id}: sold ${t.sold} + held ${t.held} of ${t.capacity}`);
+}
+
+/** Every Stripe event the webhook took was processed (or ignored as not ours): none failed or parked. */
+export async function eventsSettled(db: Queryable): Promise<string[]> {
+  const left = await db.query<
+    { stripe_event_id: string; event_type: string; status: string; error_message: string | null }
+  >(
+    `select stripe_event_id, event_type, status, error_message from public.stripe_webhook_events
+     where status not in ('processed', 'ignored')`,
+  );
+  return left.map((e) => `${e.stripe_event_id} (${e.event_type}) is ${e.status}: ${e.error_message ?? ""}`);
 }
