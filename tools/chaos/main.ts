@@ -711,7 +711,9 @@ function render(r: {
   };
   delete faultKinds.error_after;
   const opsPerSecond = options.ops / r.chaosSeconds;
+  const violated = r.checks.filter((c) => c.violations.length).length;
   const rows: [string, string][] = [
+    ["result", violated ? `FAILED: ${violated} invariant(s) violated` : "passed: every invariant holds"],
     ["seed", String(options.seed)],
     [
       "command",
