@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { createClient, type SupabaseClient } from "npm:@supabase/supabase-js@2.109.0";
 import { testHooks } from "../supabase/functions/_shared/idempotency.ts";
+import { ledgerViolations } from "../tools/chaos/invariants.ts";
 import type { Stack } from "../tools/local/stack.ts";
 import { sharedStack, stackTest } from "./_helpers.ts";
 
@@ -149,21 +150,9 @@ export async function wallet(organiser: { client: SupabaseClient }, currency = "
   };
 }
 
-/** The ledger's invariants over every wallet and order. */
+/** The ledger's invariants over every wallet and order (tools/chaos/invariants.ts, shared with `npm run chaos`). */
 export async function assertLedger(stack: Stack): Promise<void> {
-  const wrong = await stack.db.query(`
-    select w.id from wallet.wallets w
-    where w.entries_total_cents <> (select coalesce(sum(t.amount_cents), 0) from wallet.wallet_transactions t
-                                    where t.wallet_id = w.id)
-       or w.pending_payout_cents <> (select coalesce(sum(p.amount_cents), 0) from wallet.payouts p
-                                     where p.wallet_id = w.id and p.status = 'pending')`);
-  assert.deepEqual([...wrong], [], "entries total = sum of entries; pending = payouts in flight");
-  const overDebited = await stack.db.query(`
-    select o.id from events.orders o
-    where (select coalesce(sum(-t.amount_cents), 0) from wallet.wallet_transactions t
-           where t.order_id = o.id and t.type in ('refund', 'adjustment', 'dispute', 'dispute_reversal')) > o.subtotal_cents`);
-  // (refunds never exceeding what was paid is a CHECK of events.orders: no test could see it fail)
-  assert.deepEqual([...overDebited], [], "refund debits never exceed the sale credit");
+  assert.deepEqual(await ledgerViolations(stack.db), [], "the ledger's invariants");
 }
 
 /**

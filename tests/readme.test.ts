@@ -40,6 +40,11 @@ const NOT_HERE: { marker: string; reason: string }[] = [
     reason: "builds the web app for a hosted project and sets that project's SITE_URL secret",
   },
   {
+    marker: "npm run chaos -- --ops 10000",
+    reason: "minutes of load, and --restart-db restarts the shared PostgreSQL server: CI runs " +
+      "`npm run chaos -- --ops 1000` itself (.ci/run), tests/chaos_runner.test.ts a small run and a failing one",
+  },
+  {
     marker: "public.resolve_stripe_operation(",
     reason: "an operator's template (`<payout id>`) for an operation in needs_attention",
   },

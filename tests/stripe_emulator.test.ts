@@ -1303,3 +1303,20 @@ emulatorTest(
     assert.equal((await control("POST", "/refunds/re_nope/fail")).status, 404);
   },
 );
+
+emulatorTest(
+  "a client gone mid-request (a function worker killed while it sent) ends that request, not the emulator",
+  async (emu, stripe) => {
+    const url = new URL(emu.url);
+    const conn = await Deno.connect({ hostname: url.hostname, port: Number(url.port) });
+    await conn.write(new TextEncoder().encode(
+      "POST /v1/refunds HTTP/1.1\r\nhost: emulator\r\nauthorization: Bearer sk_test_emulator\r\n" +
+        "content-type: application/x-www-form-urlencoded\r\ncontent-length: 100\r\n\r\npayment_intent=pi_",
+    ));
+    conn.close(); // the body is cut off: the request is aborted while the emulator reads it
+    await new Promise((r) => setTimeout(r, 100));
+    const created = await stripe.checkout.sessions.create(session());
+    assert.equal(created.object, "checkout.session");
+    assert.equal(emu.state.refunds.size, 0, "the cut-off request did nothing");
+  },
+);

@@ -214,7 +214,8 @@ export class StripeEmulator {
 
   /** Starts listening; resolves once the port is bound. */
   async listen(): Promise<this> {
-    this.#server = http.createServer((req, res) => void this.#handle(req, res));
+    // a client gone mid-request (a function worker killed while it sent) ends that request, not the emulator
+    this.#server = http.createServer((req, res) => void this.#handle(req, res).catch(() => res.destroy()));
     await new Promise<void>((resolve) =>
       this.#server!.listen(this.options.port ?? 0, this.options.hostname ?? "127.0.0.1", resolve)
     );
