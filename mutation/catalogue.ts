@@ -1359,7 +1359,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-recovery-abandon",
     "area": "money",
-    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
+    "file": "supabase/migrations/20261130000700_recovery_abandons_by_look_up.sql",
     "fn": "private.settle_refund_recovery",
     "find":
       "    where v.refund_id = p_refund_id and v.status = 'pending' and k.operation_type = 'transfer_reversal:create'",

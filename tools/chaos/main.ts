@@ -603,9 +603,11 @@ async function run(stack: Stack): Promise<number> {
   // least 3 times, at most 200).
   while (reconcilerRuns < 3 || (reconcilerRuns < 200 && await open() > 0)) {
     // Time passes: 16 minutes for every operation still open (leases run out, a burned key's grace ends,
-    // a parked operation is due), as the SQL tests move them; then the reconciler runs.
+    // a parked operation is due), as the SQL tests move them; then the reconciler runs. A refund held back
+    // for its recovery (leased until 'infinity') stays held: time does not release it, its reversals do.
     await stack.db.query(
-      `update public.stripe_idempotency_keys set locked_until = now() - interval '1 second',
+      `update public.stripe_idempotency_keys
+         set locked_until = case when locked_until = 'infinity' then locked_until else now() - interval '1 second' end,
          created_at = created_at - interval '16 minutes', updated_at = updated_at - interval '16 minutes',
          key_burned_at = key_burned_at - interval '16 minutes'
        where status = 'in_progress'`,
