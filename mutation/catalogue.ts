@@ -626,7 +626,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-recovery-failed",
     "area": "money",
-    "file": "supabase/migrations/20261128001000_ledger_fixes.sql",
+    "file": "supabase/migrations/20261130000700_recovery_abandons_by_look_up.sql",
     "fn": "private.settle_refund_recovery",
     "find": "  if v_failed then",
     "replace": "  if false then",
