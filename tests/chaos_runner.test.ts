@@ -9,7 +9,13 @@ const adminUrl = Deno.env.get("TEST_ADMIN_URL")!;
 async function chaos(...args: string[]): Promise<{ code: number; output: string }> {
   const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "tools/chaos/main.ts", "--report", "-", ...args],
-    env: { DATABASE_URL: adminUrl },
+    // its own environment: the suite's in-process stacks set Stripe's variables (STRIPE_SECRET_KEY, ...) in
+    // this process, and the runner must start the emulator of its own
+    clearEnv: true,
+    env: Object.fromEntries(
+      [["DATABASE_URL", adminUrl], ...["PATH", "HOME", "TMPDIR", "DENO_DIR"].map((n) => [n, Deno.env.get(n)])]
+        .filter((e): e is [string, string] => e[1] !== undefined),
+    ),
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
