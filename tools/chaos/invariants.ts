@@ -334,7 +334,7 @@ export async function refundsAndDisputesEqualStripe(
   );
   const chargeOf = new Map<string, StripeObject>();
   for (const c of emu.charges.values()) chargeOf.set(c.payment_intent as string, c);
-  const sorted = (rows: unknown[][]) => JSON.stringify(rows.map((r) => JSON.stringify(r)).sort());
+  const sorted = (rows: unknown[][]) => `[${rows.map((r) => r.join(" ")).sort().join(", ")}]`;
   for (const o of orders) {
     const charge = chargeOf.get(o.pi);
     if (!charge) continue; // the ledger's check per order reports it
