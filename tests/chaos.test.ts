@@ -21,17 +21,9 @@ import {
   type StripeObject,
 } from "../tools/local/stripe_emulator/mod.ts";
 import type { Stack } from "../tools/local/stack.ts";
-import {
-  type Answer,
-  assertLedger,
-  BUYER,
-  call,
-  newOrganiser,
-  type Organiser,
-  paidOrder,
-  uid,
-} from "./_flows.ts";
+import { type Answer, BUYER, call, newOrganiser, type Organiser, paidOrder, uid } from "./_flows.ts";
 import { sharedStack, stackTest } from "./_helpers.ts";
+import { checkInvariants, type SuccessAnswer } from "../tools/chaos/invariants.ts";
 
 const SEED = Number(Deno.env.get("CHAOS_SEED") ?? Date.now() % 1_000_000);
 const KINDS: Chaos["kinds"] = ["reset_after", "error_before", "in_flight", "latency"];
@@ -398,8 +390,6 @@ stackTest(
       sends: 5,
     });
     report(run);
-    const emu = stack.stripe!;
-    const eventIds = run.organisers.map((o) => o.eventId);
 
     // 0. The chaos happened, every kind of it, and every answer is accounted for.
     for (const kind of KINDS) assert.ok(run.kinds[kind] > 0, `${kind} fired: ${JSON.stringify(run.kinds)}`);
@@ -441,135 +431,32 @@ stackTest(
       }
     }
 
-    // 2. No operation is left without its object or its recorded failure.
-    const open = await stack.db.query(
-      `select operation_type, operation_id, status from public.stripe_idempotency_keys
-    where status not in ('completed', 'failed')`,
+    // 2. Every invariant of tools/chaos/invariants.ts (those `npm run chaos` checks): each Stripe object
+    // belongs to exactly one completed operation (the dashboard's refunds to none), no operation is left in
+    // progress, every 2xx answer is backed by its row, refunds stay within what was paid, the ledger's
+    // invariants, no wallet below zero through an organiser's action, the ledger equals Stripe to the cent
+    // per order (net, refunded, refunds, disputes) and per organiser, sold + held within capacity, and
+    // every Stripe event settled.
+    const [paidOrders] = await stack.db.query<{ n: number }>(
+      `select count(*)::int as n from events.orders
+       where event_id = any($1) and stripe_payment_intent_id is not null`,
+      [run.organisers.map((o) => o.eventId)],
     );
-    assert.deepEqual([...open], [], "every operation completed or failed");
-
-    // 3. One Stripe object per operation, and it is the one recorded; every Stripe object belongs to
-    // exactly one operation (the dashboard's refunds to none).
-    const reversals = [...emu.state.transfers.values()].flatMap((t) =>
-      (t.reversals as { data: StripeObject[] }).data
+    assert.equal(paidOrders.n, 20, "the paid orders (judged per order below)");
+    const answers: SuccessAnswer[] = run.keys.flatMap((k) =>
+      [...run.answers.get(k.name)!, run.final.get(k.name)!]
+        .filter((a) => a.status >= 200 && a.status < 300)
+        .map((a) => ({ fn: k.fn, key: k.key, body: a.body }))
     );
-    const objects: [string, string, StripeObject[]][] = [
-      ["checkout:create", "order_id", [...emu.state.sessions.values()]],
-      [
-        "refund:create",
-        "refund_id",
-        [...emu.state.refunds.values()].filter((r) => !dashboardRefunds.has(r.id)),
-      ],
-      ["payout:create", "payout_id", [...emu.state.transfers.values()]],
-      ["transfer_reversal:create", "reversal_id", reversals],
-    ];
-    for (const [type, field, list] of objects) {
-      const byMeta = new Map<string, string[]>();
-      for (const o of list) {
-        const id = (o.metadata as Record<string, string> | null)?.[field] ?? "";
-        byMeta.set(id, [...byMeta.get(id) ?? [], o.id]);
-        const owners = ops.filter((op) => op.stripe_resource_id === o.id);
-        assert.deepEqual(
-          owners.map((op) => [op.operation_type, op.operation_id, op.status]),
-          [[type, id, "completed"]],
-          `${o.id} (${field} ${id}) belongs to exactly one completed operation`,
-        );
-      }
-      for (const op of ops.filter((op) => op.operation_type === type)) {
-        assert.deepEqual(
-          byMeta.get(op.operation_id) ?? [],
-          op.stripe_resource_id ? [op.stripe_resource_id] : [],
-          `${type}/${op.operation_id}: its Stripe objects`,
-        );
-      }
+    const checks = await checkInvariants(stack.db, stack.stripe!.state, {
+      eventIds: run.organisers.map((o) => o.eventId),
+      organisers: run.organisers,
+      answers,
+      dashboardRefunds,
+    });
+    for (const { name, violations } of checks) {
+      assert.deepEqual(violations, [], `invariant violated: ${name}`);
     }
-    assert.ok(
-      [...emu.state.refunds.values()].filter((r) => dashboardRefunds.has(r.id)).every((r) =>
-        !(r.metadata as Record<string, string> | null)?.refund_id
-      ),
-    );
-
-    // 4. The ledger: balance = sum of entries; never below zero through the organiser's own actions (what
-    // the dashboard and disputes took may leave it owing).
-    await assertLedger(stack);
-    for (const o of run.organisers) {
-      const [w] = await stack.db.query<{ total: number; outside: number }>(
-        `select w.entries_total_cents::int as total,
-           (select coalesce(sum(t.amount_cents), 0)::int from wallet.wallet_transactions t
-            left join events.refunds r on r.id = t.refund_id
-            where t.wallet_id = w.id and (t.type in ('dispute', 'dispute_reversal', 'dispute_fee')
-              or (t.type in ('refund', 'adjustment') and r.requested_by is null))) as outside
-         from wallet.wallets w where w.organiser_id = $1`,
-        [o.id],
-      );
-      assert.ok(
-        w.total - w.outside >= 0,
-        `organiser ${o.id} paid out more than earned: ${JSON.stringify(w)}`,
-      );
-    }
-
-    // 5. The ledger equals Stripe, to the cent: per order, what Stripe refunded, the refunds and disputes
-    // Stripe holds, and the organiser's net: the sale less floor(min(refunded + disputed, total) x subtotal
-    // / total); per organiser, what Stripe transferred (less reversals) is what the payouts say.
-    const orders = await stack.db.query<
-      { id: string; pi: string; subtotal: number; total: number; refunded: number; net: number }
-    >(
-      `select o.id, o.stripe_payment_intent_id as pi, o.subtotal_cents as subtotal, o.total_cents as total,
-         o.refunded_cents as refunded,
-         (select coalesce(sum(t.amount_cents), 0)::int from wallet.wallet_transactions t where t.order_id = o.id) as net
-       from events.orders o where o.event_id = any($1) and o.stripe_payment_intent_id is not null`,
-      [eventIds],
-    );
-    assert.equal(orders.length, 20, "the paid orders");
-    for (const o of orders) {
-      const charge = [...emu.state.charges.values()].find((c) => c.payment_intent === o.pi)!;
-      const where = `order ${o.id} against ${charge.id}`;
-      assert.equal(o.refunded, charge.amount_refunded, `${where}: refunded`);
-      const refunds = await stack.db.query<{ id: string; amount: number }>(
-        `select stripe_refund_id as id, amount_cents as amount from events.refunds
-         where order_id = $1 and stripe_refund_id is not null and status = 'succeeded' order by 1`,
-        [o.id],
-      );
-      assert.deepEqual(
-        [...refunds].map((r) => [r.id, r.amount]),
-        [...emu.state.refunds.values()].filter((r) => r.charge === charge.id && r.status === "succeeded")
-          .map((r) => [r.id, r.amount]).sort(),
-        `${where}: refunds`,
-      );
-      const disputes = await stack.db.query<{ id: string; amount: number; status: string }>(
-        "select id, amount_cents as amount, status from events.disputes where order_id = $1 order by 1",
-        [o.id],
-      );
-      const atStripe = [...emu.state.disputes.values()].filter((d) => d.charge === charge.id);
-      assert.deepEqual(
-        [...disputes].map((d) => [d.id, d.amount, d.status]),
-        atStripe.map((d) => [d.id, d.amount, d.status]).sort(),
-        `${where}: disputes`,
-      );
-      const disputed = atStripe.reduce(
-        (n, d) => n - (d.balance_transactions as { amount: number }[]).reduce((m, t) => m + t.amount, 0),
-        0,
-      );
-      const gone = Math.min((charge.amount_refunded as number) + disputed, o.total);
-      assert.equal(o.net, o.subtotal - Math.floor(gone * o.subtotal / o.total), `${where}: net`);
-    }
-    for (const o of run.organisers) {
-      const [p] = await stack.db.query<{ out: number }>(
-        `select coalesce(sum(p.amount_cents - p.reversed_cents), 0)::int as out from wallet.payouts p
-         where p.organiser_id = $1 and p.status in ('paid', 'reversed')`,
-        [o.id],
-      );
-      const atStripe = [...emu.state.transfers.values()].filter((t) => t.destination === o.account)
-        .reduce((n, t) => n + (t.amount as number) - (t.amount_reversed as number), 0);
-      assert.equal(atStripe, p.out, `organiser ${o.id}: transfers less reversals`);
-    }
-
-    // 6. No ticket beyond capacity.
-    const tiers = await stack.db.query<{ sold: number; held: number; capacity: number }>(
-      "select sold, held, capacity from events.ticket_tiers where event_id = any($1)",
-      [eventIds],
-    );
-    for (const t of tiers) assert.ok(t.sold + t.held <= t.capacity, JSON.stringify(t));
   },
 );
 

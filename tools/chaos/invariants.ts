@@ -39,8 +39,8 @@ export interface Scope {
   organisers: { id: string; account: string }[];
   /** Every 2xx answer the clients got. */
   answers: SuccessAnswer[];
-  /** Refunds made in the dashboard (the only refunds at Stripe without an operation of ours). */
-  dashboardRefunds: number;
+  /** The ids of the refunds made in the dashboard (the only refunds at Stripe without an operation of ours). */
+  dashboardRefunds: ReadonlySet<string>;
 }
 
 /** The ledger's invariants over every wallet and order (tests/_flows.ts `assertLedger`). */
@@ -73,6 +73,10 @@ export async function checkInvariants(db: Queryable, emu: EmulatorObjects, scope
     ["the ledger's invariants (entries total, payouts in flight, debits)", () => ledgerViolations(db)],
     ["no wallet below zero through an organiser's action", () => walletsNotBelowZero(db, scope)],
     ["the ledger equals Stripe per order", () => ledgerEqualsStripePerOrder(db, emu, scope)],
+    [
+      "refunded, refunds and disputes per order equal Stripe's",
+      () => refundsAndDisputesEqualStripe(db, emu, scope),
+    ],
     [
       "the ledger equals Stripe per organiser (transfers less reversals)",
       () => payoutsEqualStripe(db, emu, scope),
@@ -121,8 +125,8 @@ const OBJECT_OF: Record<string, [keyof EmulatorObjects, string]> = {
 
 async function operations(db: Queryable) {
   return await db.query<
-    { operation_type: string; operation_id: string; stripe_resource_id: string | null }
-  >("select operation_type, operation_id, stripe_resource_id from public.stripe_idempotency_keys");
+    { operation_type: string; operation_id: string; stripe_resource_id: string | null; status: string }
+  >("select operation_type, operation_id, stripe_resource_id, status from public.stripe_idempotency_keys");
 }
 
 /** At most one Stripe object per operation, and it is the one the operation recorded. */
@@ -146,33 +150,37 @@ export async function oneObjectPerOperation(db: Queryable, emu: EmulatorObjects)
 }
 
 /**
- * Every Checkout Session, Transfer and (but those made in the dashboard) Refund at Stripe belongs to an
- * operation of ours: its metadata names one, and that operation recorded it.
+ * Every Checkout Session, Transfer, Transfer Reversal and (but those made in the dashboard) Refund at Stripe
+ * belongs to an operation of ours: its metadata names one, that operation recorded it and completed. The
+ * refunds without an operation are exactly those made in the dashboard.
  */
 export async function noStrayObject(db: Queryable, emu: EmulatorObjects, scope: Scope): Promise<string[]> {
   const out: string[] = [];
-  const recorded = new Map<string, string | null>();
+  const recorded = new Map<string, { object: string | null; status: string }>();
   for (const op of await operations(db)) {
-    recorded.set(`${op.operation_type}/${op.operation_id}`, op.stripe_resource_id);
+    recorded.set(`${op.operation_type}/${op.operation_id}`, {
+      object: op.stripe_resource_id,
+      status: op.status,
+    });
   }
-  let withoutMetadata = 0;
   for (const [type, [kind, field]] of Object.entries(OBJECT_OF)) {
     for (const o of emu[kind].values()) {
       const id = (o.metadata as Record<string, string> | undefined)?.[field];
-      if (!id && kind === "refunds") {
-        withoutMetadata++;
+      const fromDashboard = kind === "refunds" && scope.dashboardRefunds.has(o.id as string);
+      if (fromDashboard) {
+        if (id) out.push(`${o.id}: made in the dashboard, yet its metadata names ${type}/${id}`);
         continue;
       }
       const op = `${type}/${id}`;
-      if (!id) out.push(`${o.id}: no ${field} in its metadata`);
-      else if (!recorded.has(op)) out.push(`${o.id}: its operation ${op} does not exist`);
-      else if (recorded.get(op) !== o.id) out.push(`${o.id}: ${op} records ${recorded.get(op)}`);
+      const owner = recorded.get(op);
+      if (!id) out.push(`${o.id}: no ${field} in its metadata (and not made in the dashboard)`);
+      else if (!owner) out.push(`${o.id}: its operation ${op} does not exist`);
+      else if (owner.object !== o.id) out.push(`${o.id}: ${op} records ${owner.object}`);
+      else if (owner.status !== "completed") out.push(`${o.id}: its operation ${op} is ${owner.status}`);
     }
   }
-  if (withoutMetadata !== scope.dashboardRefunds) {
-    out.push(
-      `${withoutMetadata} refunds without an operation, ${scope.dashboardRefunds} made in the dashboard`,
-    );
+  for (const id of scope.dashboardRefunds) {
+    if (!emu.refunds.has(id)) out.push(`${id}: made in the dashboard, not at Stripe`);
   }
   return out;
 }
@@ -303,6 +311,55 @@ export async function ledgerEqualsStripePerOrder(
             entries.map((e) => `${e.type} ${e.amount_cents}`)
           }]; refunds [${refunds}]; disputes [${disputes}])`,
       );
+    }
+  }
+  return out;
+}
+
+/**
+ * Per order, the database holds what Stripe holds: the amount refunded is the charge's, the succeeded
+ * refunds are Stripe's succeeded refunds of the charge (id and amount), and the disputes are Stripe's (id,
+ * amount and status).
+ */
+export async function refundsAndDisputesEqualStripe(
+  db: Queryable,
+  emu: EmulatorObjects,
+  scope: Scope,
+): Promise<string[]> {
+  const out: string[] = [];
+  const orders = await db.query<{ id: string; pi: string; refunded: number }>(
+    `select o.id, o.stripe_payment_intent_id as pi, o.refunded_cents as refunded
+     from events.orders o where o.event_id = any($1) and o.stripe_payment_intent_id is not null`,
+    [scope.eventIds],
+  );
+  const chargeOf = new Map<string, StripeObject>();
+  for (const c of emu.charges.values()) chargeOf.set(c.payment_intent as string, c);
+  const sorted = (rows: unknown[][]) => `[${rows.map((r) => r.join(" ")).sort().join(", ")}]`;
+  for (const o of orders) {
+    const charge = chargeOf.get(o.pi);
+    if (!charge) continue; // the ledger's check per order reports it
+    const where = `order ${o.id} against ${charge.id}`;
+    if (o.refunded !== charge.amount_refunded) {
+      out.push(`${where}: refunded ${o.refunded}, Stripe refunded ${charge.amount_refunded}`);
+    }
+    const refunds = (await db.query<{ id: string; amount: number }>(
+      `select stripe_refund_id as id, amount_cents as amount from events.refunds
+       where order_id = $1 and stripe_refund_id is not null and status = 'succeeded'`,
+      [o.id],
+    )).map((r) => [r.id, r.amount]);
+    const refundsAtStripe = [...emu.refunds.values()]
+      .filter((r) => r.charge === charge.id && r.status === "succeeded").map((r) => [r.id, r.amount]);
+    if (sorted(refunds) !== sorted(refundsAtStripe)) {
+      out.push(`${where}: succeeded refunds ${sorted(refunds)}, at Stripe ${sorted(refundsAtStripe)}`);
+    }
+    const disputes = (await db.query<{ id: string; amount: number; status: string }>(
+      "select id, amount_cents as amount, status from events.disputes where order_id = $1",
+      [o.id],
+    )).map((d) => [d.id, d.amount, d.status]);
+    const disputesAtStripe = [...emu.disputes.values()].filter((d) => d.charge === charge.id)
+      .map((d) => [d.id, d.amount, d.status]);
+    if (sorted(disputes) !== sorted(disputesAtStripe)) {
+      out.push(`${where}: disputes ${sorted(disputes)}, at Stripe ${sorted(disputesAtStripe)}`);
     }
   }
   return out;

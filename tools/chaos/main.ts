@@ -173,6 +173,8 @@ class Tally {
   deliveriesFailed = 0;
   paid = 0;
   dashboardRefunds = 0;
+  /** The ids of the refunds made in the dashboard (the only refunds without an operation of ours). */
+  dashboardRefundIds = new Set<string>();
   disputes = 0;
   disputesClosed = 0;
   doubleClicks = 0;
@@ -463,7 +465,7 @@ async function run(stack: Stack): Promise<number> {
     } else if (r < 0.76 && order) {
       kind = "dashboard refund";
       try {
-        const { events } = await emulator.refundFromDashboard(
+        const { result, events } = await emulator.refundFromDashboard(
           order.paymentIntent,
           between(random, 100, 1500),
           {
@@ -472,6 +474,7 @@ async function run(stack: Stack): Promise<number> {
         );
         held.push(...events);
         tally.dashboardRefunds++;
+        tally.dashboardRefundIds.add(result.id as string);
       } catch { /* nothing left to refund */ }
     } else if (r < 0.78 && order) {
       kind = "dispute";
@@ -643,7 +646,7 @@ async function run(stack: Stack): Promise<number> {
     eventIds: organisers.map((o) => o.eventId),
     organisers,
     answers: successes,
-    dashboardRefunds: tally.dashboardRefunds,
+    dashboardRefunds: tally.dashboardRefundIds,
   });
   checks.push({
     name: "every Stripe event accepted by the webhook in the end",
