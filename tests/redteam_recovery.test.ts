@@ -1,0 +1,101 @@
+// Red team of the refund recovery (migrations 20261130000600 reversals_in_flight and 20261130000700 recovery
+// abandons by look-up): each R test was a finding, fixed in migration 20261130000800.
+import assert from "node:assert/strict";
+import type { Stack } from "../tools/local/stack.ts";
+import { call, ledgerTest, newOrganiser, type Organiser, paidOrder, wallet } from "./_flows.ts";
+
+function transfersOf(stack: Stack, organiser: Organiser) {
+  return [...stack.stripe!.state.transfers.values()].filter((t) => t.destination === organiser.account);
+}
+
+async function reconcile(stack: Stack) {
+  const r = await call(stack, "stripe-reconcile", {}, { token: stack.serviceRoleKey, key: null });
+  assert.equal(r.status, 200, r.text);
+  return r.body;
+}
+
+function stripeRefunded(stack: Stack, paymentIntent: string): number {
+  const intent = stack.stripe!.state.paymentIntents.get(paymentIntent)!;
+  return stack.stripe!.state.charges.get(intent.latest_charge as string)!.amount_refunded as number;
+}
+
+const share = (order: { subtotal: number; total: number }, refunded: number) =>
+  Math.floor(Math.min(refunded, order.total) * order.subtotal / order.total);
+
+/** Two payouts of half the order's subtotal each: two transfers to the organiser's account, the wallet 0. */
+async function twoPayouts(stack: Stack) {
+  const organiser = await newOrganiser(stack);
+  const order = await paidOrder(stack, organiser, 10); // subtotal 25000
+  for (let i = 0; i < 2; i++) {
+    const p = await call(stack, "payouts", { amount_cents: order.subtotal / 2 }, { token: organiser.token });
+    assert.equal(p.status, 201, p.text);
+  }
+  assert.equal((await wallet(organiser)).balance_cents, 0);
+  const transfers = transfersOf(stack, organiser);
+  assert.equal(transfers.length, 2);
+  return { organiser, order, transfers };
+}
+
+/** A full refund whose first reversal (of the newest transfer) Stripe refuses: the second is abandoned. */
+async function failedRecovery(
+  stack: Stack,
+  organiser: Organiser,
+  order: { orderId: string },
+  newest: string,
+) {
+  stack.stripe!.addFault({
+    path: `/v1/transfers/${newest}/reversals`,
+    method: "POST",
+    kind: "error",
+    status: 400,
+    error: { type: "invalid_request_error", code: "balance_insufficient", message: "insufficient" },
+  });
+  const r = await call(stack, "refunds", { order_id: order.orderId }, { token: organiser.token });
+  assert.equal(r.status, 409, r.text);
+  const rows = await stack.db.query<{ status: string; burned: boolean }>(
+    `select v.status, k.key_burned_at is not null as burned from wallet.transfer_reversals v
+     join wallet.payouts p on p.id = v.payout_id
+     join public.stripe_idempotency_keys k on k.operation_type = 'transfer_reversal:create' and k.operation_id = v.id::text
+     where p.organiser_id = $1 order by v.status`,
+    [organiser.id],
+  );
+  assert.deepEqual([...rows].map((r) => ({ ...r })), [{ status: "failed", burned: false }, {
+    status: "pending",
+    burned: true,
+  }]);
+}
+
+async function proveAbsent(stack: Stack) {
+  await stack.db.query(
+    `update public.stripe_idempotency_keys set key_burned_at = key_burned_at - interval '16 minutes',
+       locked_until = now() where operation_type = 'transfer_reversal:create' and status = 'in_progress'
+       and key_burned_at is not null`,
+  );
+  await reconcile(stack);
+}
+
+// R1: an abandoned reversal (never sent, settled by look-up) stays 'pending' for 15 minutes, and
+// reversals_in_flight counts it as money coming back to the wallet. A second refund by the organiser
+// meanwhile recovers nothing from their transfers; the look-up then proves the reversal absent, and the
+// organiser's wallet is below zero by their own refund (the platform paid their share).
+ledgerTest(
+  "R1: a refund after a failed recovery, its abandoned reversal still pending, recovers its own share",
+  async (stack) => {
+    const { organiser, order, transfers } = await twoPayouts(stack);
+    await failedRecovery(stack, organiser, order, transfers[1].id as string);
+    assert.equal((await wallet(organiser)).balance_cents, 0, "the failed refund's reservation is given back");
+    const second = await call(stack, "refunds", { order_id: order.orderId, amount_cents: 5_000 }, {
+      token: organiser.token,
+    });
+    assert.equal(second.status, 201, second.text);
+    await proveAbsent(stack);
+    assert.equal(stripeRefunded(stack, order.paymentIntent), 5_000);
+    const reversed = transfers.reduce((s, t) => s + (t.amount_reversed as number), 0);
+    const w = await wallet(organiser);
+    assert.deepEqual(
+      { reversed, balance: w.balance_cents },
+      { reversed: share(order, 5_000), balance: 0 },
+      "the organiser's share of the second refund is recovered from their transfers, never from the platform",
+    );
+  },
+);
