@@ -99,3 +99,73 @@ ledgerTest(
     );
   },
 );
+
+// R2 (held): the abandoned reversal was made at Stripe after all (its holder sent it as the other failed):
+// Stripe's transfer event credits it first, the look-up then finds it. The refund stays failed and unsent,
+// the organiser's wallet holds what Stripe took back from their account, no operation is left in progress.
+ledgerTest(
+  "R2: an abandoned reversal Stripe made is found by look-up: credited once, the refund failed and never sent",
+  async (stack) => {
+    const { organiser, order, transfers } = await twoPayouts(stack);
+    await failedRecovery(stack, organiser, order, transfers[1].id as string);
+    const [b] = await stack.db.query<{ id: string; amount: number; refund_id: string; key: string }>(
+      `select v.id, v.amount_cents::int as amount, v.refund_id, k.stripe_idempotency_key as key
+       from wallet.transfer_reversals v join wallet.payouts p on p.id = v.payout_id
+       join public.stripe_idempotency_keys k on k.operation_type = 'transfer_reversal:create' and k.operation_id = v.id::text
+       where p.organiser_id = $1 and v.status = 'pending'`,
+      [organiser.id],
+    );
+    stack.stripe!.options.autoDeliver = false;
+    const res = await fetch(`${stack.stripe!.url}/v1/transfers/${transfers[0].id}/reversals`, {
+      method: "POST",
+      headers: {
+        authorization: "Bearer sk_test_redteam",
+        "content-type": "application/x-www-form-urlencoded",
+        "idempotency-key": b.key,
+      },
+      body: new URLSearchParams({
+        amount: String(b.amount),
+        "metadata[reversal_id]": b.id,
+        "metadata[refund_id]": b.refund_id,
+      }),
+    });
+    assert.equal(res.status, 200, await res.text());
+    const d = await stack.stripe!.deliver(stack.stripe!.takeEvents());
+    assert.ok(d.every((x) => x.status === 200), JSON.stringify(d));
+    stack.stripe!.options.autoDeliver = true;
+    await proveAbsent(stack); // the look-up finds it
+
+    const [row] = await stack.db.query<{ status: string; op: string; refund: string; refund_op: string }>(
+      `select v.status, k.status as op, r.status as refund, rk.status as refund_op
+       from wallet.transfer_reversals v join public.stripe_idempotency_keys k
+         on k.operation_type = 'transfer_reversal:create' and k.operation_id = v.id::text
+       join events.refunds r on r.id = v.refund_id
+       join public.stripe_idempotency_keys rk on rk.operation_type = 'refund:create' and rk.operation_id = r.id::text
+       where v.id = $1`,
+      [b.id],
+    );
+    assert.deepEqual({ ...row }, {
+      status: "succeeded",
+      op: "completed",
+      refund: "failed",
+      refund_op: "failed",
+    });
+    assert.equal(stripeRefunded(stack, order.paymentIntent), 0, "the refund was never sent");
+    const [{ n }] = await stack.db.query<{ n: number }>(
+      `select count(*)::int as n from public.stripe_idempotency_keys where status = 'in_progress'
+       and (operation_id = $1 or operation_id = $2)`,
+      [b.id, b.refund_id],
+    );
+    assert.equal(n, 0, "no operation left in progress");
+    const [p] = await stack.db.query<{ reversed: number }>(
+      "select coalesce(sum(reversed_cents), 0)::int as reversed from wallet.payouts where organiser_id = $1",
+      [organiser.id],
+    );
+    const atStripe = transfers.reduce((s, t) => s + (t.amount_reversed as number), 0);
+    assert.deepEqual({ reversed: p.reversed, wallet: (await wallet(organiser)).balance_cents }, {
+      reversed: atStripe,
+      wallet: atStripe,
+    });
+    assert.equal(atStripe, b.amount);
+  },
+);
