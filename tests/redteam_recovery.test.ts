@@ -1,6 +1,7 @@
 // Red team of the refund recovery (migrations 20261130000600 reversals_in_flight and 20261130000700 recovery
 // abandons by look-up): each R test was a finding, fixed in migration 20261130000800.
 import assert from "node:assert/strict";
+import { testHooks } from "../supabase/functions/_shared/idempotency.ts";
 import type { Stack } from "../tools/local/stack.ts";
 import { call, ledgerTest, newOrganiser, type Organiser, paidOrder, wallet } from "./_flows.ts";
 
@@ -167,5 +168,43 @@ ledgerTest(
       wallet: atStripe,
     });
     assert.equal(atStripe, b.amount);
+  },
+);
+
+// R3: a dashboard reversal (in reversed_cents without a row) then a reversal in flight on the same transfer:
+// reversals_in_flight subtracts the dashboard's amount from the row's, so the transfer looks reversible by
+// more than Stripe has left. A second refund's reversal is put on that transfer, Stripe refuses it
+// (amount_too_large) and the refund fails, though the organiser's older transfer could cover it.
+ledgerTest(
+  "R3: a dashboard reversal and a reversal in flight on one transfer: the next refund is covered by the other",
+  async (stack) => {
+    const { organiser, order, transfers } = await twoPayouts(stack);
+    await stack.stripe!.reverseTransfer(transfers[1].id as string, 5_000); // the newest, in the dashboard
+    assert.equal((await wallet(organiser)).balance_cents, 5_000);
+    stack.stripe!.options.autoDeliver = false;
+    testHooks.afterStripe = (op) => {
+      if (op.operationType === "transfer_reversal:create") throw new Error("crash after the reversal");
+    };
+    const first = await call(stack, "refunds", { order_id: order.orderId, amount_cents: 10_000 }, {
+      token: organiser.token,
+    });
+    delete testHooks.afterStripe;
+    assert.equal(first.status, 500, first.text);
+    const second = await call(stack, "refunds", { order_id: order.orderId, amount_cents: 5_000 }, {
+      token: organiser.token,
+    });
+    assert.equal(second.status, 201, second.text);
+    await stack.db.query(
+      "update public.stripe_idempotency_keys set locked_until = now() where operation_type = 'transfer_reversal:create' and status = 'in_progress'",
+    );
+    await reconcile(stack);
+    await stack.db.query(
+      "update public.stripe_idempotency_keys set locked_until = now() where operation_type = 'refund:create' and status = 'in_progress' and locked_until < 'infinity'",
+    );
+    await reconcile(stack);
+    stack.stripe!.options.autoDeliver = true;
+    await stack.stripe!.deliver(stack.stripe!.takeEvents());
+    assert.equal(stripeRefunded(stack, order.paymentIntent), 15_000);
+    assert.equal((await wallet(organiser)).balance_cents, 0);
   },
 );
