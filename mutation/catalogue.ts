@@ -509,7 +509,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-fraudulent-admin",
     "area": "money",
-    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
+    "file": "supabase/migrations/20261130000800_abandoned_reversals_not_in_flight.sql",
     "fn": "public.create_refund",
     "find": "    if p_reason = 'fraudulent' and not coalesce(p_is_admin, false) then",
     "replace": "    if false then",
@@ -523,7 +523,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-refund-owner",
     "area": "money",
-    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
+    "file": "supabase/migrations/20261130000800_abandoned_reversals_not_in_flight.sql",
     "fn": "public.create_refund",
     "find":
       "    if v_order.id is null or not (coalesce(p_is_admin, false) or v_organiser = p_requested_by) then",
@@ -539,7 +539,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-refund-paid",
     "area": "money",
-    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
+    "file": "supabase/migrations/20261130000800_abandoned_reversals_not_in_flight.sql",
     "fn": "public.create_refund",
     "find": "    if v_order.status not in ('paid', 'partially_refunded') then",
     "replace": "    if false then",
@@ -554,7 +554,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-refundable",
     "area": "money",
-    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
+    "file": "supabase/migrations/20261130000800_abandoned_reversals_not_in_flight.sql",
     "fn": "public.create_refund",
     "find": "    if v_amount > v_refundable or v_amount <= 0 then",
     "replace": "    if v_amount <= 0 then",
@@ -569,7 +569,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-refund-in-flight",
     "area": "money",
-    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
+    "file": "supabase/migrations/20261130000800_abandoned_reversals_not_in_flight.sql",
     "fn": "public.create_refund",
     "find":
       "    from events.refunds r where r.order_id = p_order_id and r.status in ('pending', 'requires_action', 'succeeded');",
@@ -584,7 +584,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-recovery-cover",
     "area": "money",
-    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
+    "file": "supabase/migrations/20261130000800_abandoned_reversals_not_in_flight.sql",
     "fn": "public.create_refund",
     "find": "      if v_recoverable < v_shortfall then",
     "replace": "      if false then",
@@ -598,7 +598,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-recovery-admin",
     "area": "money",
-    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
+    "file": "supabase/migrations/20261130000800_abandoned_reversals_not_in_flight.sql",
     "fn": "public.create_refund",
     "find": "    if v_shortfall > 0 and not coalesce(p_is_admin, false) then",
     "replace": "    if false then",
@@ -612,7 +612,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-refund-held",
     "area": "money",
-    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
+    "file": "supabase/migrations/20261130000800_abandoned_reversals_not_in_flight.sql",
     "fn": "public.create_refund",
     "find": "    update public.stripe_idempotency_keys k set locked_until = 'infinity'",
     "replace": "    update public.stripe_idempotency_keys k set locked_until = now()",
@@ -1311,7 +1311,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-recovery-own-share",
     "area": "money",
-    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
+    "file": "supabase/migrations/20261130000800_abandoned_reversals_not_in_flight.sql",
     "fn": "public.create_refund",
     "find":
       "    v_shortfall := least(v_before - v_wallet.entries_total_cents, greatest(0, -(v_wallet.entries_total_cents",
@@ -1328,7 +1328,7 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-recovery-in-flight",
     "area": "money",
-    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
+    "file": "supabase/migrations/20261130000800_abandoned_reversals_not_in_flight.sql",
     "fn": "public.create_refund",
     "find": "      + coalesce((select sum(private.reversals_in_flight(p.id)) from wallet.payouts p",
     "replace": "      + coalesce((select sum(0) from wallet.payouts p",
@@ -1343,16 +1343,48 @@ export const CATALOGUE: Mutation[] = [
   {
     "id": "sql-recovery-credited-twice",
     "area": "money",
-    "file": "supabase/migrations/20261130000600_reversals_in_flight.sql",
+    "file": "supabase/migrations/20261130000800_abandoned_reversals_not_in_flight.sql",
     "fn": "private.reversals_in_flight",
-    "find":
-      "    where v.payout_id = p.id and v.status in ('pending', 'succeeded')), 0) - p.reversed_cents)::bigint",
-    "replace": "    where v.payout_id = p.id and v.status in ('pending')), 0))::bigint",
+    "find": "    - p.reversed_cents)::bigint",
+    "replace": "    )::bigint",
     "what": "a reversal in flight whose credit Stripe's event already posted is counted again",
     "tests": [
       "tests/ledger_outside.test.ts",
     ],
     "filter": "F2",
+    "subsets": [],
+    "equivalent": undefined,
+  },
+  {
+    "id": "sql-recovery-abandoned-in-flight",
+    "area": "money",
+    "file": "supabase/migrations/20261130000800_abandoned_reversals_not_in_flight.sql",
+    "fn": "private.reversals_in_flight",
+    "find":
+      "    where v.payout_id = p.id and (v.status = 'succeeded' or (v.status = 'pending' and not exists (",
+    "replace":
+      "    where v.payout_id = p.id and (v.status = 'succeeded' or (v.status = 'pending' and exists (select) or not exists (",
+    "what": "a reversal abandoned with its refund counts as money on its way back",
+    "tests": [
+      "tests/redteam_recovery.test.ts",
+    ],
+    "filter": "R1",
+    "subsets": [],
+    "equivalent": undefined,
+  },
+  {
+    "id": "sql-reversible-pending",
+    "area": "money",
+    "file": "supabase/migrations/20261130000800_abandoned_reversals_not_in_flight.sql",
+    "fn": "private.transfer_reversible",
+    "find":
+      "    from wallet.transfer_reversals v where v.payout_id = p.id and v.status = 'pending'), 0))::bigint",
+    "replace": "    from wallet.transfer_reversals v where v.payout_id = p.id and false), 0))::bigint",
+    "what": "a recovery plans more on a transfer than Stripe has left to reverse",
+    "tests": [
+      "tests/redteam_recovery.test.ts",
+    ],
+    "filter": "R3",
     "subsets": [],
     "equivalent": undefined,
   },
