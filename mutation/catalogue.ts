@@ -381,11 +381,9 @@ export const CATALOGUE: Mutation[] = [
     "replace": "    where t.id = v_item.tier_id and t.sold + t.held + v_item.quantity <= t.capacity + 1;",
     "what": "capacity exceeded by one",
     "tests": [
-      "tests/checkout.test.ts",
-      "tests/money_rules.test.ts",
-      "tests/guards.test.ts",
+      "tests/redteam_final.test.ts",
     ],
-    "filter": "capacity: 60 concurrent buyers",
+    "filter": "the seat check at the end refuses a buyer who passed the early one",
     "subsets": ["ci"],
     "equivalent": undefined,
   },

@@ -173,3 +173,63 @@ stackTest("a checkout beside the expiry of an order of the same tiers: no deadlo
     await admin.end();
   }
 });
+
+// The seat check that counts is the conditional update at the end (private.take_seats); begin_checkout's early
+// check reads without a lock. Two buyers pass the early check while a third checkout of the last seats is
+// still uncommitted, then wait (a guest for the event's bucket, a signed-in buyer for the tier's row): once it
+// commits, exactly one of them gets the one seat left, the other 409 sold-out, whatever the order.
+stackTest(
+  "the seat check at the end refuses a buyer who passed the early one: never beyond capacity",
+  async () => {
+    const stack = await sharedStack();
+    const organiser = await newOrganiser(stack);
+    const { data: event, error } = await organiser.client.rpc("create_event", {
+      p_title: "Two seats",
+      p_starts_at: new Date(Date.now() + 30 * 86_400_000).toISOString(),
+      p_tiers: [{ name: "Few", price_cents: 2500, capacity: 2 }],
+    });
+    assert.equal(error, null, JSON.stringify(error));
+    const eventId = event.id as string;
+    const tier = (event.tiers as { id: string }[])[0].id;
+    const one = [{ tier_id: tier, quantity: 1 }];
+    const first = connect(stack);
+    const guest = connect(stack);
+    const buyer = connect(stack);
+    try {
+      let release!: () => void;
+      const released = new Promise<void>((r) => release = r);
+      let holding!: () => void;
+      const held = new Promise<void>((r) => holding = r);
+      const firstCheckout = first.begin(async (tx) => {
+        await startCheckout(tx, eventId, one, `first-${uid()}@example.com`);
+        holding();
+        await released;
+      });
+      await held;
+      const outcome = (p: Promise<unknown>) => p.then(() => "held", (e: Error) => e.message);
+      const later = [
+        outcome(startCheckout(guest, eventId, one, `second-${uid()}@example.com`)),
+        outcome(startCheckout(buyer, eventId, one, null, BUYER)),
+      ];
+      await waitFor("both later checkouts waiting for a lock", async () =>
+        (await stack.db.query(
+          `select 1 from pg_stat_activity where wait_event_type = 'Lock' and query like '%start_checkout%'
+         and pid <> pg_backend_pid()`,
+        )).length >= 2, 20_000);
+      release();
+      await firstCheckout;
+      const outcomes = await Promise.all(later);
+      assert.equal(outcomes.filter((o) => o === "held").length, 1, outcomes.join("; "));
+      assert.match(outcomes.find((o) => o !== "held")!, /Only 0 tickets of Few are left/);
+      const [t] = await stack.db.query<{ taken: number }>(
+        "select (sold + held)::int as taken from events.ticket_tiers where id = $1",
+        [tier],
+      );
+      assert.equal(t.taken, 2);
+    } finally {
+      await first.end();
+      await guest.end();
+      await buyer.end();
+    }
+  },
+);
