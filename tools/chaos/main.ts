@@ -32,7 +32,7 @@ import type { Transport } from "../../client/transport.ts";
 import { PROJECT_DIR } from "../local/db.ts";
 import { generateSigningKey } from "../local/jwt.ts";
 import { EMULATOR_SECRET_KEY, type Stack, startStack } from "../local/stack.ts";
-import type { Fault, StripeEvent } from "../local/stripe_emulator/mod.ts";
+import { type Fault, mulberry32, type StripeEvent } from "../local/stripe_emulator/mod.ts";
 import { type Checked, checkInvariants, type SuccessAnswer } from "./invariants.ts";
 
 // ---------------------------------------------------------------------------------------------- options
@@ -83,23 +83,11 @@ usage: npm run chaos -- --ops N [--seed S] [--restart-db] [--concurrency C] [--r
 
 // ------------------------------------------------------------------------------------------- randomness
 
-/** mulberry32: a small seeded PRNG, so that a run can be repeated. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** A stream of its own for each purpose and each operation, so that interleaving does not change draws. */
 function stream(seed: number, label: string, index = 0): () => number {
   let h = 2166136261 ^ seed;
   for (const c of `${label}:${index}`) h = Math.imul(h ^ c.charCodeAt(0), 16777619);
-  return prng(h);
+  return mulberry32(h);
 }
 
 const pick = <T>(random: () => number, items: T[]): T => items[Math.floor(random() * items.length)];
